@@ -1,0 +1,44 @@
+// The one interface every kernel backend implements: prepare a canonical Linear once into the
+// backend's own layout (FLUTE's offline restructuring), then multiply y[M, N] = x[M, K] W^T.
+
+import type { ComputeType, Linear } from '../quant/linear.js';
+
+/** A layer in a backend's own layout. Only the backend that made it may read `data`. */
+export interface PreparedLinear {
+  readonly backend: string;
+  readonly n: number;
+  readonly k: number;
+  readonly source: Linear; // the canonical layer it was prepared from
+  /** Bytes the backend holds for this layer (its restructured weights). */
+  readonly bytes: number;
+  readonly data: unknown;
+}
+
+export interface BackendInfo {
+  readonly name: string;
+  /** Human-readable variant, e.g. "reference (scalar f64 accumulation)" or "SIMD128 + relaxed, 2 threads". */
+  readonly variant: string;
+}
+
+export interface MatmulOptions {
+  /** Compute type; 'f16' rounds table[i] x scale to f16 as FLUTE does. Default 'f32'. */
+  readonly computeType?: ComputeType;
+}
+
+export interface KernelBackend {
+  readonly name: string;
+  info(): BackendInfo;
+  /** Null when this backend can run `layer`, otherwise the reason it cannot. */
+  unsupported(layer: Linear): string | null;
+  /** Restructures a layer once into this backend's layout. */
+  prepare(layer: Linear): PreparedLinear;
+  /**
+   * y[M, N] = x[M, K] W^T, with x row-major [M, K]. Writes into `out` ([M, N]) when given and
+   * returns it. Throws E_SHAPE when x is not M*K long.
+   */
+  matmul(layer: PreparedLinear, x: Float32Array, m: number, out?: Float32Array, opts?: MatmulOptions): Float32Array;
+  /** Frees what prepare() allocated outside the JS heap (wasm memory, GPU buffers). */
+  release(layer: PreparedLinear): void;
+  /** Frees the backend itself (workers, devices). */
+  dispose(): void;
+}
