@@ -1,0 +1,37 @@
+// The common view of a weights file that the model loader and quantizer read through, whatever the
+// container (llama2.c .bin, safetensors, later GGUF): named tensors with shapes, read one at a time.
+// Tensor names follow Hugging Face LLaMA naming (model.layers.{i}.self_attn.q_proj.weight ...).
+
+/** Element types, with ids that are never reused. */
+export type Dtype = 'F32' | 'F16' | 'BF16' | 'I8' | 'U8' | 'I16' | 'U16' | 'I32' | 'U32' | 'I64' | 'U64' | 'F64' | 'BOOL';
+
+export const DTYPE_BYTES: Record<Dtype, number> = {
+  F64: 8, I64: 8, U64: 8, F32: 4, I32: 4, U32: 4, F16: 2, BF16: 2, I16: 2, U16: 2, I8: 1, U8: 1, BOOL: 1,
+};
+
+export interface TensorInfo {
+  readonly name: string;
+  readonly dtype: Dtype;
+  readonly shape: readonly number[];
+  /** Absolute byte offset of the data in the file. */
+  readonly offset: number;
+  readonly byteLength: number;
+}
+
+export interface TensorReader {
+  /** The file (or URL, or "<memory>") the tensors come from, for error messages. */
+  readonly file: string;
+  list(): readonly TensorInfo[];
+  /** Throws E_NOT_FOUND naming the tensor and the file. */
+  info(name: string): TensorInfo;
+  has(name: string): boolean;
+  /** The tensor's raw little-endian bytes. */
+  readRaw(name: string): Promise<Uint8Array>;
+  /** The tensor converted to f32 (from F32, F16 or BF16); other dtypes throw E_UNSUPPORTED_DTYPE. */
+  readF32(name: string): Promise<Float32Array>;
+  close(): Promise<void>;
+}
+
+export function numel(shape: readonly number[]): number {
+  return shape.reduce((a, b) => a * b, 1);
+}
