@@ -1,0 +1,47 @@
+// A small stderr progress bar for the CLI. On a terminal it redraws one line; elsewhere (CI, pipes)
+// it prints a line at most every 10% so logs stay short. The library only reports (done, total).
+
+export interface ProgressBar {
+  update(done: number, total: number, note?: string): void;
+  done(note?: string): void;
+}
+
+export function progressBar(label: string, opts: { enabled?: boolean; stream?: NodeJS.WriteStream } = {}): ProgressBar {
+  const stream = opts.stream ?? process.stderr;
+  const enabled = opts.enabled ?? true;
+  const tty = Boolean(stream.isTTY);
+  const start = performance.now();
+  let lastDecile = -1;
+  let lastDraw = 0;
+  let lastLine = '';
+  const line = (done: number, total: number, note?: string) => {
+    const frac = total > 0 ? Math.min(1, done / total) : 0;
+    const width = 24;
+    const filled = Math.round(frac * width);
+    const secs = (performance.now() - start) / 1000;
+    return `${label} [${'#'.repeat(filled)}${'.'.repeat(width - filled)}] ${(frac * 100).toFixed(0).padStart(3)}% ${done}/${total} ${secs.toFixed(1)}s${note ? ' ' + note : ''}`;
+  };
+  return {
+    update(done, total, note) {
+      if (!enabled) return;
+      if (tty) {
+        const now = performance.now();
+        if (now - lastDraw < 50 && done < total) return;
+        lastDraw = now;
+        lastLine = line(done, total, note);
+        stream.write(`\r${lastLine}\x1b[K`);
+      } else {
+        const decile = total > 0 ? Math.floor((10 * done) / total) : 0;
+        if (decile !== lastDecile) {
+          lastDecile = decile;
+          stream.write(line(done, total, note) + '\n');
+        }
+      }
+    },
+    done(note) {
+      if (!enabled) return;
+      if (tty) stream.write(`\r${lastLine}${note ? ' ' + note : ''}\x1b[K\n`);
+      else if (note) stream.write(`${label}: ${note}\n`);
+    },
+  };
+}

@@ -1,0 +1,101 @@
+// Random-access bytes behind every weights reader: a file in Node, or bytes already in memory (browser,
+// tests). Readers fetch one tensor at a time through it, so no file is ever read whole.
+// node:fs is imported lazily here so that bundling this module for a browser pulls in nothing from Node.
+
+import { FluteError } from '../errors.js';
+
+export interface ByteSource {
+  /** The path, URL or "<memory>" label, for error messages. */
+  readonly name: string;
+  readonly size: number;
+  /** Exactly `length` bytes at `offset` in a fresh buffer the caller owns; E_TRUNCATED past the end. */
+  read(offset: number, length: number): Promise<Uint8Array>;
+  close(): Promise<void>;
+}
+
+// FileHandle.read caps one call at 2 GiB - 1; larger tensors are read in pieces.
+const READ_CHUNK = 1 << 30;
+
+function checkRange(name: string, size: number, offset: number, length: number): void {
+  if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0) {
+    throw new FluteError('E_OPTION', `${name}: read range must be non-negative integers, got offset ${offset}, length ${length}`);
+  }
+  if (offset + length > size) {
+    throw new FluteError('E_TRUNCATED', `${name}: needs bytes ${offset}..${offset + length} but the file is only ${size} bytes long`);
+  }
+}
+
+function readError(e: unknown, path: string): FluteError {
+  if (e instanceof FluteError) return e;
+  const code = (e as { code?: unknown } | null)?.code;
+  const why = e instanceof Error ? e.message : String(e);
+  if (code === 'ENOENT') return new FluteError('E_NOT_FOUND', `file not found: ${path}`, { cause: e });
+  if (code === 'EACCES' || code === 'EPERM') return new FluteError('E_IO', `no permission to read ${path}`, { cause: e });
+  if (code === 'EISDIR') return new FluteError('E_IO', `${path} is a folder, not a file`, { cause: e });
+  return new FluteError('E_IO', `cannot read ${path}: ${why}`, { cause: e });
+}
+
+/** Opens a file for random access (Node only). E_NOT_FOUND when it does not exist, E_IO for other OS errors. */
+export async function openFileSource(path: string): Promise<ByteSource> {
+  const fs = await import('node:fs/promises');
+  let fh: Awaited<ReturnType<typeof fs.open>>;
+  try {
+    fh = await fs.open(path, 'r');
+  } catch (e) {
+    throw readError(e, path);
+  }
+  let size: number;
+  try {
+    const st = await fh.stat();
+    if (!st.isFile()) throw new FluteError('E_IO', `${path} is not a regular file`);
+    size = st.size;
+  } catch (e) {
+    await fh.close().catch(() => undefined);
+    throw readError(e, path);
+  }
+  let closed = false;
+  return {
+    name: path,
+    size,
+    async read(offset, length) {
+      if (closed) throw new FluteError('E_IO', `${path}: read after close`);
+      checkRange(path, size, offset, length);
+      const buf = new Uint8Array(length);
+      let done = 0;
+      try {
+        while (done < length) {
+          const { bytesRead } = await fh.read(buf, done, Math.min(length - done, READ_CHUNK), offset + done);
+          // The file shrank after it was opened.
+          if (bytesRead === 0) throw new FluteError('E_TRUNCATED', `${path}: file ended at byte ${offset + done} while reading ${length} bytes at ${offset}`);
+          done += bytesRead;
+        }
+      } catch (e) {
+        throw readError(e, path);
+      }
+      return buf;
+    },
+    async close() {
+      if (closed) return;
+      closed = true;
+      await fh.close();
+    },
+  };
+}
+
+/** A source over bytes already in memory. Reads return copies, so callers may keep or modify them. */
+export function memorySource(bytes: Uint8Array, name = '<memory>'): ByteSource {
+  return {
+    name,
+    size: bytes.length,
+    async read(offset, length) {
+      checkRange(name, bytes.length, offset, length);
+      return bytes.slice(offset, offset + length);
+    },
+    async close() {},
+  };
+}
+
+/** A path opens as a file source; a ByteSource passes through. `owned` says whether the caller opened it. */
+export async function resolveSource(source: ByteSource | string): Promise<{ src: ByteSource; owned: boolean }> {
+  return typeof source === 'string' ? { src: await openFileSource(source), owned: true } : { src: source, owned: false };
+}

@@ -1,0 +1,366 @@
+// The LLaMA forward pass (llama2.c run.c `forward`, batched): Config + Weights in, prepared once on a
+// kernel backend; RunState holds the KV cache and scratch, allocated once. Every linear layer is one
+// backend.matmul over the whole batch; everything else is plain loops here. Sampling is elsewhere.
+
+import { FluteError } from '../errors.js';
+import type { KernelBackend, MatmulOptions, PreparedLinear } from '../kernels/types.js';
+import type { ComputeType, Linear } from '../quant/linear.js';
+import type { LlamaConfig } from './config.js';
+import { LAYER_LINEARS, type LlamaWeights } from './weights.js';
+
+export interface LlamaModelOptions {
+  /** Most tokens per forward chunk: longer inputs run in chunks of this size. Default 64. */
+  readonly maxBatch?: number;
+  /** Cap on the context (and KV cache) length; default and maximum config.seqLen. */
+  readonly seqLen?: number;
+  /** Kernel compute type for quantized layers ('f16' rounds like FLUTE). Default 'f32'. */
+  readonly computeType?: ComputeType;
+}
+
+export interface ForwardOptions {
+  /** Return the logits of every input token [M, vocab] instead of only the last [vocab]. */
+  readonly allLogits?: boolean;
+}
+
+interface PreparedLayer {
+  readonly attnNorm: Float32Array; // [dim]
+  readonly wq: PreparedLinear; // [qDim, dim]
+  readonly wk: PreparedLinear; // [kvDim, dim]
+  readonly wv: PreparedLinear; // [kvDim, dim]
+  readonly wo: PreparedLinear; // [dim, qDim]
+  readonly ffnNorm: Float32Array; // [dim]
+  readonly w1: PreparedLinear; // [hiddenDim, dim] gate
+  readonly w2: PreparedLinear; // [dim, hiddenDim] down
+  readonly w3: PreparedLinear; // [hiddenDim, dim] up
+}
+
+/** Exact-length views of the matmul inputs for a chunk of m rows: backends require x.length == m*K. */
+interface ChunkViews {
+  readonly xb: Float32Array; // [m, dim]
+  readonly att: Float32Array; // [m, qDim]
+  readonly hb: Float32Array; // [m, hiddenDim]
+  readonly logits: Float32Array; // [m, vocab]
+}
+
+/** Scratch and KV cache (run.c RunState); sized for `maxBatch` rows and `seqLen` positions. */
+class RunState {
+  readonly x: Float32Array; // [B, dim] residual stream
+  readonly xb: Float32Array; // [B, dim] normalized input of a block
+  readonly q: Float32Array; // [B, qDim]
+  readonly k: Float32Array; // [B, kvDim]
+  readonly v: Float32Array; // [B, kvDim]
+  readonly att: Float32Array; // [B, qDim] attention output, all heads
+  readonly proj: Float32Array; // [B, dim] o_proj / down_proj output, before the residual add
+  readonly hb: Float32Array; // [B, hiddenDim] gate, then silu(gate) * up
+  readonly hb2: Float32Array; // [B, hiddenDim] up
+  readonly scores: Float64Array; // [seqLen] one head's attention scores
+  readonly logits: Float32Array; // [B, vocab]
+  readonly keyCache: Float32Array; // [nLayers, seqLen, kvDim]
+  readonly valueCache: Float32Array; // [nLayers, seqLen, kvDim]
+  readonly ropeCos: Float32Array; // [seqLen, headDim/2]
+  readonly ropeSin: Float32Array; // [seqLen, headDim/2]
+  private readonly views: ChunkViews[] = []; // [B + 1] by m, made on first use
+
+  constructor(c: LlamaConfig, readonly batch: number, readonly seqLen: number) {
+    const qDim = c.nHeads * c.headDim;
+    const kvDim = c.nKvHeads * c.headDim;
+    this.x = new Float32Array(batch * c.dim);
+    this.xb = new Float32Array(batch * c.dim);
+    this.q = new Float32Array(batch * qDim);
+    this.k = new Float32Array(batch * kvDim);
+    this.v = new Float32Array(batch * kvDim);
+    this.att = new Float32Array(batch * qDim);
+    this.proj = new Float32Array(batch * c.dim);
+    this.hb = new Float32Array(batch * c.hiddenDim);
+    this.hb2 = new Float32Array(batch * c.hiddenDim);
+    this.scores = new Float64Array(seqLen);
+    this.logits = new Float32Array(batch * c.vocabSize);
+    this.keyCache = new Float32Array(c.nLayers * seqLen * kvDim);
+    this.valueCache = new Float32Array(c.nLayers * seqLen * kvDim);
+    // RoPE frequency of pair i is theta^(-2i/headDim) in both layouts; only which elements pair up differs.
+    const half = c.headDim / 2;
+    this.ropeCos = new Float32Array(seqLen * half);
+    this.ropeSin = new Float32Array(seqLen * half);
+    for (let p = 0; p < seqLen; p++) {
+      for (let i = 0; i < half; i++) {
+        const angle = p * Math.pow(c.ropeTheta, (-2 * i) / c.headDim);
+        this.ropeCos[p * half + i] = Math.cos(angle);
+        this.ropeSin[p * half + i] = Math.sin(angle);
+      }
+    }
+  }
+
+  viewsFor(m: number, c: LlamaConfig): ChunkViews {
+    return (this.views[m] ??= {
+      xb: this.xb.subarray(0, m * c.dim),
+      att: this.att.subarray(0, m * c.nHeads * c.headDim),
+      hb: this.hb.subarray(0, m * c.hiddenDim),
+      logits: this.logits.subarray(0, m * c.vocabSize),
+    });
+  }
+}
+
+export class LlamaModel {
+  readonly maxBatch: number;
+  readonly seqLen: number; // usable context: min(config.seqLen, options.seqLen)
+  private readonly layers: PreparedLayer[];
+  private readonly output: PreparedLinear; // [vocab, dim]
+  private readonly tokenEmbedding: Float32Array; // [vocab, dim]
+  private readonly finalNorm: Float32Array; // [dim]
+  private readonly state: RunState;
+  private readonly mmOpts: MatmulOptions;
+  private cached = 0; // positions 0..cached-1 of the KV cache hold valid keys and values
+  private disposed = false;
+
+  constructor(readonly config: LlamaConfig, weights: LlamaWeights, readonly backend: KernelBackend, opts: LlamaModelOptions = {}) {
+    checkLlamaConfig(config);
+    checkWeights(config, weights);
+    const maxBatch = opts.maxBatch ?? 64;
+    const seqLen = opts.seqLen ?? config.seqLen;
+    if (!Number.isInteger(maxBatch) || maxBatch < 1) throw new FluteError('E_OPTION', `maxBatch: expected a positive integer, got ${maxBatch}`);
+    if (!Number.isInteger(seqLen) || seqLen < 1 || seqLen > config.seqLen) {
+      throw new FluteError('E_OPTION', `seqLen: expected an integer in 1..${config.seqLen}, got ${seqLen}`);
+    }
+    this.maxBatch = Math.min(maxBatch, seqLen);
+    this.seqLen = seqLen;
+    this.mmOpts = { computeType: opts.computeType ?? 'f32' };
+    const prepare = (layer: Linear, name: string): PreparedLinear => {
+      const why = backend.unsupported(layer);
+      if (why !== null) throw new FluteError('E_BACKEND', `${backend.name}: cannot run tensor ${name}: ${why}`);
+      return backend.prepare(layer);
+    };
+    this.layers = weights.layers.map((w, l) => {
+      const p = (key: keyof typeof LAYER_LINEARS) => prepare(w[key], `model.layers.${l}.${LAYER_LINEARS[key]}`);
+      return { attnNorm: w.attnNorm, wq: p('wq'), wk: p('wk'), wv: p('wv'), wo: p('wo'), ffnNorm: w.ffnNorm, w1: p('w1'), w2: p('w2'), w3: p('w3') };
+    });
+    this.output = prepare(weights.output, 'lm_head.weight');
+    this.tokenEmbedding = weights.tokenEmbedding;
+    this.finalNorm = weights.finalNorm;
+    this.state = new RunState(config, this.maxBatch, seqLen);
+  }
+
+  /** Number of positions in the KV cache; the next forward may start at any position up to this. */
+  get position(): number {
+    return this.cached;
+  }
+
+  /** Forgets the cached context: the next forward must start at position 0. */
+  reset(): void {
+    this.cached = 0;
+  }
+
+  /**
+   * Runs tokens[0..M) at positions startPos..startPos+M-1 (chunks of maxBatch, one matmul per linear
+   * layer per chunk) and returns the logits of the last token [vocab], or of all tokens [M, vocab].
+   * The result may be a view of scratch memory: read it before the next call.
+   */
+  forward(tokens: ArrayLike<number>, startPos: number, opts: ForwardOptions = {}): Float32Array {
+    if (this.disposed) throw new FluteError('E_BACKEND', 'forward: the model has been disposed');
+    const m = tokens.length;
+    const { vocabSize } = this.config;
+    if (m < 1) throw new FluteError('E_SHAPE', 'forward: expected at least one token, got 0');
+    if (!Number.isInteger(startPos) || startPos < 0 || startPos > this.cached) {
+      throw new FluteError('E_OPTION', `forward: start position: expected an integer in 0..${this.cached} (the cached positions), got ${startPos}`);
+    }
+    if (startPos + m > this.seqLen) {
+      throw new FluteError('E_SHAPE', `forward: positions ${startPos}..${startPos + m - 1} exceed the context length ${this.seqLen}`);
+    }
+    for (let i = 0; i < m; i++) {
+      const t = tokens[i];
+      if (!Number.isInteger(t) || t < 0 || t >= vocabSize) {
+        throw new FluteError('E_OPTION', `forward: token ${i}: expected an id in 0..${vocabSize - 1}, got ${t}`);
+      }
+    }
+    const all = opts.allLogits ?? false;
+    const result = all && m > this.maxBatch ? new Float32Array(m * vocabSize) : undefined; // [M, vocab]
+    for (let off = 0; off < m; off += this.maxBatch) {
+      const n = Math.min(this.maxBatch, m - off);
+      const last = off + n === m;
+      const logits = this.forwardChunk(tokens, off, n, startPos + off, all ? 'all' : last ? 'last' : 'none');
+      if (result) result.set(logits, off * vocabSize);
+      else if (last) return logits;
+    }
+    return result as Float32Array;
+  }
+
+  /** Releases the backend's prepared layers; the model cannot run afterwards. */
+  dispose(): void {
+    if (this.disposed) return;
+    this.disposed = true;
+    for (const l of this.layers) for (const w of [l.wq, l.wk, l.wv, l.wo, l.w1, l.w2, l.w3]) this.backend.release(w);
+    this.backend.release(this.output);
+  }
+
+  // ---------------------------------------------------------------- the transformer, one chunk
+
+  /** Tokens [off, off+m) at positions pos0..; returns the logits of all rows [m, vocab], the last row [vocab] or none. */
+  private forwardChunk(tokens: ArrayLike<number>, off: number, m: number, pos0: number, logits: 'all' | 'last' | 'none'): Float32Array {
+    const c = this.config;
+    const s = this.state;
+    const mm = this.mmOpts;
+    const { dim, headDim, nHeads, nKvHeads, hiddenDim } = c;
+    const qDim = nHeads * headDim;
+    const kvDim = nKvHeads * headDim;
+    const v = s.viewsFor(m, c);
+    const seqLen = this.seqLen;
+
+    // Token embedding (model.embed_tokens): x[i] = E[token_i]
+    for (let i = 0; i < m; i++) {
+      const src = tokens[off + i] * dim;
+      for (let j = 0; j < dim; j++) s.x[i * dim + j] = this.tokenEmbedding[src + j];
+    }
+
+    for (let l = 0; l < c.nLayers; l++) {
+      const L = this.layers[l];
+      const cacheBase = l * seqLen * kvDim; // start of layer l in [nLayers, seqLen, kvDim]
+
+      // Attention RMSNorm (input_layernorm), then q/k/v projections: [m, dim] -> [m, qDim], [m, kvDim] x2
+      rmsnorm(s.xb, s.x, L.attnNorm, m, dim, c.normEps);
+      this.backend.matmul(L.wq, v.xb, m, s.q, mm);
+      this.backend.matmul(L.wk, v.xb, m, s.k, mm);
+      this.backend.matmul(L.wv, v.xb, m, s.v, mm);
+
+      // RoPE on q and k at each token's position, then append k and v to the cache at that position
+      for (let i = 0; i < m; i++) {
+        const pos = pos0 + i;
+        this.rope(s.q, i * qDim, nHeads, pos);
+        this.rope(s.k, i * kvDim, nKvHeads, pos);
+        const at = cacheBase + pos * kvDim;
+        for (let j = 0; j < kvDim; j++) {
+          s.keyCache[at + j] = s.k[i * kvDim + j];
+          s.valueCache[at + j] = s.v[i * kvDim + j];
+        }
+      }
+
+      // Grouped-query attention with a causal mask: token i attends to positions 0..pos0+i;
+      // query head h reads key/value head h / (nHeads / nKvHeads).
+      const group = nHeads / nKvHeads;
+      const scale = 1 / Math.sqrt(headDim);
+      for (let i = 0; i < m; i++) {
+        const last = pos0 + i;
+        for (let h = 0; h < nHeads; h++) {
+          const qo = i * qDim + h * headDim;
+          const kvo = cacheBase + Math.floor(h / group) * headDim;
+          let max = -Infinity;
+          for (let t = 0; t <= last; t++) {
+            const ko = kvo + t * kvDim;
+            let dot = 0;
+            for (let d = 0; d < headDim; d++) dot += s.q[qo + d] * s.keyCache[ko + d];
+            s.scores[t] = dot * scale;
+            if (s.scores[t] > max) max = s.scores[t];
+          }
+          let sum = 0;
+          for (let t = 0; t <= last; t++) sum += s.scores[t] = Math.exp(s.scores[t] - max);
+          for (let d = 0; d < headDim; d++) {
+            let acc = 0;
+            for (let t = 0; t <= last; t++) acc += s.scores[t] * s.valueCache[kvo + t * kvDim + d];
+            s.att[qo + d] = acc / sum;
+          }
+        }
+      }
+
+      // Output projection (o_proj) and residual: x += att Wo^T
+      this.backend.matmul(L.wo, v.att, m, s.proj, mm);
+      for (let j = 0; j < m * dim; j++) s.x[j] += s.proj[j];
+
+      // SwiGLU feed-forward (post_attention_layernorm, mlp): x += W2 (silu(W1 xb) * (W3 xb))
+      rmsnorm(s.xb, s.x, L.ffnNorm, m, dim, c.normEps);
+      this.backend.matmul(L.w1, v.xb, m, s.hb, mm);
+      this.backend.matmul(L.w3, v.xb, m, s.hb2, mm);
+      for (let j = 0; j < m * hiddenDim; j++) {
+        const g = s.hb[j];
+        s.hb[j] = (g / (1 + Math.exp(-g))) * s.hb2[j];
+      }
+      this.backend.matmul(L.w2, v.hb, m, s.proj, mm);
+      for (let j = 0; j < m * dim; j++) s.x[j] += s.proj[j];
+    }
+    this.cached = pos0 + m;
+
+    // Final RMSNorm (model.norm) and classifier (lm_head): all rows, or only the last into row 0
+    if (logits === 'none') return v.logits; // not computed: a middle chunk's logits are not wanted
+    if (logits === 'all') {
+      rmsnorm(s.xb, s.x, this.finalNorm, m, dim, c.normEps);
+      return this.backend.matmul(this.output, v.xb, m, v.logits, mm);
+    }
+    rmsnorm(s.xb, s.x, this.finalNorm, 1, dim, c.normEps, m - 1);
+    const one = s.viewsFor(1, c);
+    return this.backend.matmul(this.output, one.xb, 1, one.logits, mm);
+  }
+
+  /** Rotates each head's pairs of buf[off..] by pos * theta^(-2i/headDim); pairs per config.ropeLayout. */
+  private rope(buf: Float32Array, off: number, heads: number, pos: number): void {
+    const hd = this.config.headDim;
+    const half = hd / 2;
+    const interleaved = this.config.ropeLayout === 'interleaved';
+    const step = interleaved ? 2 : 1; // pair i starts at 2i (interleaved) or i (half)
+    const partner = interleaved ? 1 : half; // and its partner is the next element, or half a head away
+    const cos = this.state.ropeCos, sin = this.state.ropeSin;
+    for (let h = 0; h < heads; h++) {
+      for (let i = 0; i < half; i++) {
+        const a = off + h * hd + i * step;
+        const b = a + partner;
+        const fc = cos[pos * half + i], fs = sin[pos * half + i];
+        const x0 = buf[a], x1 = buf[b];
+        buf[a] = x0 * fc - x1 * fs;
+        buf[b] = x0 * fs + x1 * fc;
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------- helpers
+
+/** out[i] = w * x[from + i] / sqrt(mean(x[from + i]^2) + eps) for m rows of n values. */
+function rmsnorm(out: Float32Array, x: Float32Array, w: Float32Array, m: number, n: number, eps: number, from = 0): void {
+  for (let i = 0; i < m; i++) {
+    const xo = (from + i) * n;
+    let ss = 0;
+    for (let j = 0; j < n; j++) ss += x[xo + j] * x[xo + j];
+    const inv = 1 / Math.sqrt(ss / n + eps);
+    for (let j = 0; j < n; j++) out[i * n + j] = w[j] * (inv * x[xo + j]);
+  }
+}
+
+/** Throws E_BAD_HEADER unless the config describes a model this runtime can run. */
+export function checkLlamaConfig(c: LlamaConfig): void {
+  const ints: (keyof LlamaConfig)[] = ['dim', 'hiddenDim', 'nLayers', 'nHeads', 'nKvHeads', 'headDim', 'vocabSize', 'seqLen'];
+  for (const key of ints) {
+    const v = c[key];
+    if (typeof v !== 'number' || !Number.isInteger(v) || v < 1) throw new FluteError('E_BAD_HEADER', `config ${key}: expected a positive integer, got ${String(v)}`);
+  }
+  if (c.nHeads % c.nKvHeads !== 0) throw new FluteError('E_BAD_HEADER', `config nKvHeads: expected a divisor of nHeads=${c.nHeads}, got ${c.nKvHeads}`);
+  if (c.headDim % 2 !== 0) throw new FluteError('E_BAD_HEADER', `config headDim: expected an even number (RoPE rotates pairs), got ${c.headDim}`);
+  if (!(c.normEps > 0) || !Number.isFinite(c.normEps)) throw new FluteError('E_BAD_HEADER', `config normEps: expected a positive number, got ${c.normEps}`);
+  if (!(c.ropeTheta > 0) || !Number.isFinite(c.ropeTheta)) throw new FluteError('E_BAD_HEADER', `config ropeTheta: expected a positive number, got ${c.ropeTheta}`);
+  if (c.ropeLayout !== 'interleaved' && c.ropeLayout !== 'half') {
+    throw new FluteError('E_BAD_HEADER', `config ropeLayout: expected "interleaved" or "half", got ${JSON.stringify(c.ropeLayout)}`);
+  }
+}
+
+/** Weights built by hand (not by loadLlamaWeights) get the same shape checks. */
+function checkWeights(c: LlamaConfig, w: LlamaWeights): void {
+  const qDim = c.nHeads * c.headDim;
+  const kvDim = c.nKvHeads * c.headDim;
+  const vec = (a: Float32Array, n: number, name: string) => {
+    if (a.length !== n) throw new FluteError('E_SHAPE', `weights ${name}: expected ${n} values, got ${a.length}`);
+  };
+  const lin = (a: Linear, n: number, k: number, name: string) => {
+    if (a.n !== n || a.k !== k) throw new FluteError('E_SHAPE', `weights ${name}: expected [${n}, ${k}], got [${a.n}, ${a.k}]`);
+  };
+  vec(w.tokenEmbedding, c.vocabSize * c.dim, 'model.embed_tokens.weight');
+  if (w.layers.length !== c.nLayers) throw new FluteError('E_SHAPE', `weights: expected ${c.nLayers} layers, got ${w.layers.length}`);
+  w.layers.forEach((L, l) => {
+    const p = `model.layers.${l}.`;
+    vec(L.attnNorm, c.dim, p + 'input_layernorm.weight');
+    vec(L.ffnNorm, c.dim, p + 'post_attention_layernorm.weight');
+    lin(L.wq, qDim, c.dim, p + LAYER_LINEARS.wq);
+    lin(L.wk, kvDim, c.dim, p + LAYER_LINEARS.wk);
+    lin(L.wv, kvDim, c.dim, p + LAYER_LINEARS.wv);
+    lin(L.wo, c.dim, qDim, p + LAYER_LINEARS.wo);
+    lin(L.w1, c.hiddenDim, c.dim, p + LAYER_LINEARS.w1);
+    lin(L.w2, c.dim, c.hiddenDim, p + LAYER_LINEARS.w2);
+    lin(L.w3, c.hiddenDim, c.dim, p + LAYER_LINEARS.w3);
+  });
+  vec(w.finalNorm, c.dim, 'model.norm.weight');
+  lin(w.output, c.vocabSize, c.dim, 'lm_head.weight');
+}

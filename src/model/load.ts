@@ -1,0 +1,55 @@
+// Loads a model file into a runnable LlamaModel on a kernel backend, with its tokenizer. The file is
+// read tensor by tensor; quantized layers go to the backend as they are, dense ones as f32.
+
+import { createBackend, type BackendName } from '../kernels/registry.js';
+import type { KernelBackend } from '../kernels/types.js';
+import type { ComputeType } from '../quant/linear.js';
+import { Llama2cTokenizer } from '../tokenizer/llama2c.js';
+import type { Tokenizer } from '../tokenizer/types.js';
+import { LlamaModel } from './llama.js';
+import { openModelFile, type OpenedModel } from './open.js';
+import { loadLlamaWeights } from './weights.js';
+
+export interface LoadModelOptions {
+  /** A backend instance, or a name to create one (default 'auto'). */
+  readonly backend?: KernelBackend | BackendName | 'auto';
+  readonly threads?: number;
+  /** A llama2.c tokenizer file, when the model does not carry or sit beside one. */
+  readonly tokenizer?: string;
+  readonly maxBatch?: number;
+  readonly seqLen?: number;
+  readonly computeType?: ComputeType;
+}
+
+export interface LoadedModel {
+  readonly model: LlamaModel;
+  readonly tokenizer: Tokenizer;
+  readonly backend: KernelBackend;
+  readonly file: string;
+  readonly format: OpenedModel['format'];
+  /** True when this call created the backend, so dispose() frees it too. */
+  dispose(): void;
+}
+
+export async function loadModel(path: string, opts: LoadModelOptions = {}): Promise<LoadedModel> {
+  const src = await openModelFile(path, { tokenizer: opts.tokenizer });
+  try {
+    const tok = await src.readTokenizer();
+    const tokenizer = Llama2cTokenizer.fromBytes(tok.bytes, src.config.vocabSize, tok.file);
+    const weights = await loadLlamaWeights(src.tensors, src.config, (name) =>
+      src.quantized.has(name) ? src.readQuantized(name) : undefined,
+    );
+    const owned = typeof opts.backend !== 'object';
+    const backend = typeof opts.backend === 'object' ? opts.backend : await createBackend(opts.backend ?? 'auto', { threads: opts.threads });
+    const model = new LlamaModel(src.config, weights, backend, { maxBatch: opts.maxBatch, seqLen: opts.seqLen, computeType: opts.computeType });
+    return {
+      model, tokenizer, backend, file: path, format: src.format,
+      dispose() {
+        model.dispose();
+        if (owned) backend.dispose();
+      },
+    };
+  } finally {
+    await src.close();
+  }
+}

@@ -1,0 +1,128 @@
+// LLaMA weights (read-only, run.c's TransformerWeights) and their loader: every tensor by its Hugging
+// Face name through a TensorReader, shape-checked against the config. Quantized layers come from the
+// caller's `quantized` hook; everything else is read as dense f32.
+
+import { FluteError } from '../errors.js';
+import type { TensorReader } from '../format/tensors.js';
+import type { Linear } from '../quant/linear.js';
+import type { LlamaConfig } from './config.js';
+
+export interface LayerWeights {
+  readonly attnNorm: Float32Array; // [dim] input_layernorm
+  readonly wq: Linear; // [nHeads*headDim, dim] self_attn.q_proj
+  readonly wk: Linear; // [nKvHeads*headDim, dim] self_attn.k_proj
+  readonly wv: Linear; // [nKvHeads*headDim, dim] self_attn.v_proj
+  readonly wo: Linear; // [dim, nHeads*headDim] self_attn.o_proj
+  readonly ffnNorm: Float32Array; // [dim] post_attention_layernorm
+  readonly w1: Linear; // [hiddenDim, dim] mlp.gate_proj
+  readonly w2: Linear; // [dim, hiddenDim] mlp.down_proj
+  readonly w3: Linear; // [hiddenDim, dim] mlp.up_proj
+}
+
+export interface LlamaWeights {
+  readonly tokenEmbedding: Float32Array; // [vocab, dim] model.embed_tokens
+  readonly layers: readonly LayerWeights[]; // [nLayers]
+  readonly finalNorm: Float32Array; // [dim] model.norm
+  readonly output: Linear; // [vocab, dim] lm_head, or the embedding when tied
+}
+
+type LinearKey = 'wq' | 'wk' | 'wv' | 'wo' | 'w1' | 'w2' | 'w3';
+
+/** Hugging Face names of one layer's linear weights. */
+export const LAYER_LINEARS: Readonly<Record<LinearKey, string>> = {
+  wq: 'self_attn.q_proj.weight',
+  wk: 'self_attn.k_proj.weight',
+  wv: 'self_attn.v_proj.weight',
+  wo: 'self_attn.o_proj.weight',
+  w1: 'mlp.gate_proj.weight',
+  w2: 'mlp.down_proj.weight',
+  w3: 'mlp.up_proj.weight',
+};
+
+export interface TensorSpec {
+  readonly name: string;
+  readonly shape: readonly number[];
+  readonly linear: boolean; // a [N, K] matmul weight that may be quantized
+}
+
+/** Every tensor a LLaMA model of this config reads, with its expected shape, in file order. */
+export function llamaTensorSpecs(c: LlamaConfig): TensorSpec[] {
+  const qDim = c.nHeads * c.headDim;
+  const kvDim = c.nKvHeads * c.headDim;
+  const shapes: Record<LinearKey, [number, number]> = {
+    wq: [qDim, c.dim], wk: [kvDim, c.dim], wv: [kvDim, c.dim], wo: [c.dim, qDim],
+    w1: [c.hiddenDim, c.dim], w2: [c.dim, c.hiddenDim], w3: [c.hiddenDim, c.dim],
+  };
+  const specs: TensorSpec[] = [{ name: 'model.embed_tokens.weight', shape: [c.vocabSize, c.dim], linear: false }];
+  for (let l = 0; l < c.nLayers; l++) {
+    const p = `model.layers.${l}.`;
+    specs.push({ name: p + 'input_layernorm.weight', shape: [c.dim], linear: false });
+    for (const key of ['wq', 'wk', 'wv', 'wo'] as const) specs.push({ name: p + LAYER_LINEARS[key], shape: shapes[key], linear: true });
+    specs.push({ name: p + 'post_attention_layernorm.weight', shape: [c.dim], linear: false });
+    for (const key of ['w1', 'w2', 'w3'] as const) specs.push({ name: p + LAYER_LINEARS[key], shape: shapes[key], linear: true });
+  }
+  specs.push({ name: 'model.norm.weight', shape: [c.dim], linear: false });
+  if (!c.tiedEmbeddings) specs.push({ name: 'lm_head.weight', shape: [c.vocabSize, c.dim], linear: true });
+  return specs;
+}
+
+const showShape = (s: readonly number[]) => `[${s.join(', ')}]`;
+
+/**
+ * Reads a model's weights. `quantized(name)` may supply any linear weight (by its tensor name, e.g.
+ * "model.layers.0.mlp.gate_proj.weight", or "lm_head.weight" even when tied); the others are read
+ * dense with reader.readF32.
+ */
+export async function loadLlamaWeights(
+  reader: TensorReader,
+  config: LlamaConfig,
+  quantized?: (name: string) => Linear | undefined | Promise<Linear | undefined>,
+): Promise<LlamaWeights> {
+  const tensors = new Map<string, Float32Array | Linear>();
+  for (const spec of llamaTensorSpecs(config)) {
+    const q = spec.linear ? await quantized?.(spec.name) : undefined;
+    if (q) {
+      if (q.n !== spec.shape[0] || q.k !== spec.shape[1]) {
+        throw new FluteError('E_SHAPE', `${reader.file}: tensor ${spec.name}: expected ${showShape(spec.shape)}, got quantized [${q.n}, ${q.k}]`);
+      }
+      tensors.set(spec.name, q);
+      continue;
+    }
+    const data = await readDense(reader, spec);
+    tensors.set(spec.name, spec.linear ? { kind: 'dense', n: spec.shape[0], k: spec.shape[1], weight: data } : data);
+  }
+  const dense = (name: string) => tensors.get(name) as Float32Array;
+  const linear = (name: string) => tensors.get(name) as Linear;
+  const tokenEmbedding = dense('model.embed_tokens.weight');
+  const layers: LayerWeights[] = [];
+  for (let l = 0; l < config.nLayers; l++) {
+    const p = `model.layers.${l}.`;
+    layers.push({
+      attnNorm: dense(p + 'input_layernorm.weight'),
+      wq: linear(p + LAYER_LINEARS.wq), wk: linear(p + LAYER_LINEARS.wk), wv: linear(p + LAYER_LINEARS.wv), wo: linear(p + LAYER_LINEARS.wo),
+      ffnNorm: dense(p + 'post_attention_layernorm.weight'),
+      w1: linear(p + LAYER_LINEARS.w1), w2: linear(p + LAYER_LINEARS.w2), w3: linear(p + LAYER_LINEARS.w3),
+    });
+  }
+  const output: Linear = config.tiedEmbeddings
+    ? ((await quantized?.('lm_head.weight')) ?? { kind: 'dense', n: config.vocabSize, k: config.dim, weight: tokenEmbedding })
+    : linear('lm_head.weight');
+  if (output.n !== config.vocabSize || output.k !== config.dim) {
+    throw new FluteError('E_SHAPE', `${reader.file}: tensor lm_head.weight: expected [${config.vocabSize}, ${config.dim}], got [${output.n}, ${output.k}]`);
+  }
+  return { tokenEmbedding, layers, finalNorm: dense('model.norm.weight'), output };
+}
+
+async function readDense(reader: TensorReader, spec: TensorSpec): Promise<Float32Array> {
+  if (!reader.has(spec.name)) throw new FluteError('E_NOT_FOUND', `${reader.file}: tensor ${spec.name} not found`);
+  const { shape } = reader.info(spec.name);
+  if (shape.length !== spec.shape.length || shape.some((d, i) => d !== spec.shape[i])) {
+    throw new FluteError('E_SHAPE', `${reader.file}: tensor ${spec.name}: expected ${showShape(spec.shape)}, got ${showShape(shape)}`);
+  }
+  const data = await reader.readF32(spec.name);
+  const want = spec.shape.reduce((a, b) => a * b, 1);
+  if (data.length !== want) {
+    throw new FluteError('E_SHAPE', `${reader.file}: tensor ${spec.name}: expected ${want} values, read ${data.length}`);
+  }
+  return data;
+}
