@@ -1,5 +1,5 @@
 // A small stderr progress bar for the CLI. On a terminal it redraws one line; elsewhere (CI, pipes)
-// it prints a line at most every 10% so logs stay short. The library only reports (done, total).
+// it prints a line per quarter (after the first second) so logs stay short. The library only reports (done, total).
 
 export interface ProgressBar {
   update(done: number, total: number, note?: string): void;
@@ -31,8 +31,9 @@ export function progressBar(label: string, opts: { enabled?: boolean; stream?: N
         lastLine = line(done, total, note);
         stream.write(`\r${lastLine}\x1b[K`);
       } else {
-        const decile = total > 0 ? Math.floor((10 * done) / total) : 0;
-        if (decile !== lastDecile) {
+        // Logs get a line per quarter, and only for operations slow enough to need one.
+        const decile = total > 0 ? Math.floor((4 * done) / total) : 0;
+        if (decile !== lastDecile && performance.now() - start > 1000) {
           lastDecile = decile;
           stream.write(line(done, total, note) + '\n');
         }
@@ -41,7 +42,7 @@ export function progressBar(label: string, opts: { enabled?: boolean; stream?: N
     done(note) {
       if (!enabled) return;
       if (tty) stream.write(`\r${lastLine}${note ? ' ' + note : ''}\x1b[K\n`);
-      else if (note) stream.write(`${label}: ${note}\n`);
+      else stream.write(`${label}: done in ${((performance.now() - start) / 1000).toFixed(1)} s${note ? ', ' + note : ''}\n`);
     },
   };
 }
