@@ -11,7 +11,7 @@ export function progressBar(label: string, opts: { enabled?: boolean; stream?: N
   const enabled = opts.enabled ?? true;
   const tty = Boolean(stream.isTTY);
   const start = performance.now();
-  let lastDecile = -1;
+  let lastQuarter = -1;
   let lastDraw = 0;
   let lastLine = '';
   const line = (done: number, total: number, note?: string) => {
@@ -32,9 +32,9 @@ export function progressBar(label: string, opts: { enabled?: boolean; stream?: N
         stream.write(`\r${lastLine}\x1b[K`);
       } else {
         // Logs get a line per quarter, and only for operations slow enough to need one.
-        const decile = total > 0 ? Math.floor((4 * done) / total) : 0;
-        if (decile !== lastDecile && performance.now() - start > 1000) {
-          lastDecile = decile;
+        const quarter = total > 0 ? Math.floor((4 * done) / total) : 0;
+        if (quarter !== lastQuarter && performance.now() - start > 1000) {
+          lastQuarter = quarter;
           stream.write(line(done, total, note) + '\n');
         }
       }
