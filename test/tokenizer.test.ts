@@ -12,9 +12,10 @@ import { rng } from './helpers.js';
 
 /** A repository file, whether this test runs from test/ (tsx) or dist/test/ (compiled). */
 function repoFile(rel: string): string {
-  let dir = dirname(fileURLToPath(import.meta.url));
-  while (!existsSync(join(dir, 'package.json'))) dir = dirname(dir);
-  return join(dir, rel);
+  for (let dir = dirname(fileURLToPath(import.meta.url)); dirname(dir) !== dir; dir = dirname(dir)) {
+    if (existsSync(join(dir, rel))) return join(dir, rel);
+  }
+  return join(process.cwd(), rel);
 }
 
 const TOK_FILE = 'tok512.bin';

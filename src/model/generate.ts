@@ -51,17 +51,17 @@ export async function* generate(
   const stopAtEos = opts.stopAtEos ?? true;
   const signal = opts.signal;
 
-  const prompt_ = tokenizer.encode(prompt, { bos: true, eos: false });
-  checkOption(prompt_.length <= model.seqLen, 'prompt', `at most ${model.seqLen} tokens (the context length)`, `${prompt_.length} tokens`);
-  stats.promptTokens = prompt_.length;
+  const promptIds = tokenizer.encode(prompt, { bos: true, eos: false });
+  checkOption(promptIds.length <= model.seqLen, 'prompt', `at most ${model.seqLen} tokens (the context length)`, `${promptIds.length} tokens`);
+  stats.promptTokens = promptIds.length;
 
   // Prefill: one batched forward per maxBatch chunk, yielding between chunks so an abort is seen.
   model.reset();
   let logits: Float32Array = new Float32Array(0); // [vocab] of the last token run
-  for (let off = 0; off < prompt_.length; off += model.maxBatch) {
+  for (let off = 0; off < promptIds.length; off += model.maxBatch) {
     await checkpoint(signal);
     const t0 = performance.now();
-    logits = model.forward(prompt_.slice(off, off + model.maxBatch), off);
+    logits = model.forward(promptIds.slice(off, off + model.maxBatch), off);
     stats.prefillMs += performance.now() - t0;
   }
 
@@ -69,9 +69,9 @@ export async function* generate(
   // text through a streaming decoder (a character may span byte tokens), then run it at `pos`.
   const decoder = tokenizer.createDecoder();
   const token = new Int32Array(1); // [1] the token to run, reused so decoding allocates no input arrays
-  let prev = prompt_[prompt_.length - 1];
+  let prev = promptIds[promptIds.length - 1];
   let lastYield = performance.now();
-  for (let pos = prompt_.length; ; pos++) {
+  for (let pos = promptIds.length; ; pos++) {
     if (stats.generatedTokens >= opts.maxTokens) { stats.stopReason = 'maxTokens'; break; }
     if (pos > model.seqLen) { stats.stopReason = 'seqLen'; break; } // position pos - 1 was never run
     throwIfAborted(signal);

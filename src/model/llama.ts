@@ -109,6 +109,7 @@ export class LlamaModel {
   private readonly finalNorm: Float32Array; // [dim]
   private readonly state: RunState;
   private readonly mmOpts: MatmulOptions;
+  private readonly prepared: PreparedLinear[] = []; // everything backend.prepare made, for dispose()
   private cached = 0; // positions 0..cached-1 of the KV cache hold valid keys and values
   private disposed = false;
 
@@ -127,13 +128,20 @@ export class LlamaModel {
     const prepare = (layer: Linear, name: string): PreparedLinear => {
       const why = backend.unsupported(layer);
       if (why !== null) throw new FluteError('E_BACKEND', `${backend.name}: cannot run tensor ${name}: ${why}`);
-      return backend.prepare(layer);
+      const p = backend.prepare(layer);
+      this.prepared.push(p);
+      return p;
     };
-    this.layers = weights.layers.map((w, l) => {
-      const p = (key: keyof typeof LAYER_LINEARS) => prepare(w[key], `model.layers.${l}.${LAYER_LINEARS[key]}`);
-      return { attnNorm: w.attnNorm, wq: p('wq'), wk: p('wk'), wv: p('wv'), wo: p('wo'), ffnNorm: w.ffnNorm, w1: p('w1'), w2: p('w2'), w3: p('w3') };
-    });
-    this.output = prepare(weights.output, 'lm_head.weight');
+    try {
+      this.layers = weights.layers.map((w, l) => {
+        const p = (key: keyof typeof LAYER_LINEARS) => prepare(w[key], `model.layers.${l}.${LAYER_LINEARS[key]}`);
+        return { attnNorm: w.attnNorm, wq: p('wq'), wk: p('wk'), wv: p('wv'), wo: p('wo'), ffnNorm: w.ffnNorm, w1: p('w1'), w2: p('w2'), w3: p('w3') };
+      });
+      this.output = prepare(weights.output, 'lm_head.weight');
+    } catch (e) {
+      this.dispose(); // release what was prepared before the failure
+      throw e;
+    }
     this.tokenEmbedding = weights.tokenEmbedding;
     this.finalNorm = weights.finalNorm;
     this.state = new RunState(config, this.maxBatch, seqLen);
@@ -187,8 +195,8 @@ export class LlamaModel {
   dispose(): void {
     if (this.disposed) return;
     this.disposed = true;
-    for (const l of this.layers) for (const w of [l.wq, l.wk, l.wv, l.wo, l.w1, l.w2, l.w3]) this.backend.release(w);
-    this.backend.release(this.output);
+    for (const p of this.prepared) this.backend.release(p);
+    this.prepared.length = 0;
   }
 
   // ---------------------------------------------------------------- the transformer, one chunk

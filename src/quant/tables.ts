@@ -4,11 +4,11 @@
 
 import { FluteError } from '../errors.js';
 
-export type TableKind = 'nf' | 'int' | 'fp4' | 'custom';
+export type TableKind = 'nf' | 'int' | 'fp4' | 'custom' | 'iq4nl';
 
 export interface TableTraits {
   readonly kind: TableKind;
-  /** Numeric id stored nowhere yet but reserved forever: never reuse one (1 nf, 2 int, 3 fp4, 4 custom). */
+  /** Numeric id stored nowhere yet but reserved forever: never reuse one (1 nf, 2 int, 3 fp4, 4 custom, 5 iq4nl). */
   readonly id: number;
   readonly description: string;
   /** Why this kind cannot have `bits` bits, or null when it can. */
@@ -76,6 +76,9 @@ export function nfTable(bits: number): Float32Array {
   return Float32Array.from(v, (x) => x / max);
 }
 
+/** llama.cpp's IQ4_NL table (ggml-common.h `kvalues_iq4nl`): a non-linear 4-bit grid, value = kvalues[q] * d. */
+export const IQ4NL_VALUES: readonly number[] = [-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113];
+
 // ---------------------------------------------------------------------------------------------
 // The registry
 
@@ -113,6 +116,13 @@ export const TABLE_KINDS: Record<TableKind, TableTraits> = {
       if (!values) throw new FluteError('E_OPTION', `table "custom": values are required (a list of ${2 ** bits} numbers)`);
       return Float32Array.from(values);
     },
+  },
+  iq4nl: {
+    kind: 'iq4nl',
+    id: 5,
+    description: "llama.cpp IQ4_NL: the fixed 16 integers -127 .. 113 (kvalues_iq4nl), used unnormalized as GGUF stores them",
+    unsupportedBits: (bits) => (bits === 4 ? null : 'iq4nl (llama.cpp IQ4_NL) has exactly 4 bits'),
+    build: () => Float32Array.from(IQ4NL_VALUES),
   },
 };
 

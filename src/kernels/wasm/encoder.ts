@@ -36,13 +36,14 @@ export const S = {
   v128_load32_zero: 92, v128_load64_zero: 93,
   i8x16_narrow_i16x8_s: 101, i8x16_shl: 107, i8x16_shr_u: 109, i8x16_add: 110, i8x16_sub: 113,
   i16x8_narrow_i32x4_s: 133, i16x8_extend_low_i8x16_s: 135, i16x8_extend_high_i8x16_s: 136,
-  i16x8_shl: 139, i16x8_shr_u: 141, i16x8_add: 142,
+  i16x8_shl: 139, i16x8_shr_u: 141, i16x8_add: 142, i32x4_extadd_pairwise_i16x8_s: 126,
   i32x4_shl: 171, i32x4_shr_u: 173, i32x4_add: 174, i32x4_sub: 177, i32x4_mul: 181, i32x4_dot_i16x8_s: 186,
   f32x4_abs: 224, f32x4_neg: 225, f32x4_add: 228, f32x4_sub: 229, f32x4_mul: 230, f32x4_div: 231,
   f32x4_min: 232, f32x4_max: 233, f32x4_nearest: 106,
   i32x4_trunc_sat_f32x4_s: 248, f32x4_convert_i32x4_s: 250,
   // relaxed SIMD
-  i8x16_relaxed_swizzle: 0x100, f32x4_relaxed_madd: 0x105, i32x4_relaxed_dot_i8x16_i7x16_add_s: 0x113,
+  i8x16_relaxed_swizzle: 0x100, f32x4_relaxed_madd: 0x105, i16x8_relaxed_dot_i8x16_i7x16_s: 0x112,
+  i32x4_relaxed_dot_i8x16_i7x16_add_s: 0x113,
 } as const;
 
 // ---------------------------------------------------------------------------------------------
@@ -313,7 +314,7 @@ export class ModuleBuilder {
     return this.funcs.length;
   }
 
-  encode(): Uint8Array {
+  encode(): Uint8Array<ArrayBuffer> {
     const sigKey = (f: FuncBuilder) => `${f.params.join(',')}->${f.results.join(',')}`;
     const sigs: string[] = [];
     const sigBytes: number[][] = [];

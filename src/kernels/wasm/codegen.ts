@@ -1,0 +1,568 @@
+// Generates the wasm backend's kernel module: LUT matmul kernels for layout bits 2, 3, 4 (exact f32
+// and integer-activation paths), a dense f32 kernel, a scalar generic LUT kernel, and `work(tid)`,
+// which reads the job block in shared memory, takes this thread's share of row quads and runs the
+// job's kernel. One module per variant (SIMD128, or SIMD128 + relaxed SIMD); layouts are in layout.ts.
+//
+// Every kernel has the signature (rq0, rq1) -> () and reads its parameters from the job block; it
+// loops over its row quads, then over activation tiles of up to MT rows (bodies specialised for tile
+// sizes 1..MT so a decoded weight vector is reused by every row of the tile: GEMV at M=1, a small
+// GEMM for M>1, never M separate GEMVs), then over groups and 32-k chunks, fully unrolled inside a chunk.
+
+import { F32, FuncBuilder, I32, ModuleBuilder, Op, S, V128, type MemoryImport } from './encoder.js';
+import { CHUNK } from './layout.js';
+
+// ---------------------------------------------------------------------------------------------
+// The job block: kernel parameters, written by the calling thread before it releases the workers
+
+/** Byte address of the job block (the control words of threads.ts sit below it). */
+export const JOB_ADDR = 256;
+
+/** i32 word indices in the job block. */
+export const J = {
+  fn: 0, // kernel id (FN)
+  threads: 1, // threads taking part
+  units: 2, // row quads (rows for the generic kernel) to split between threads
+  w: 3, // weights
+  s: 4, // scales
+  table: 5, // byte planes (exact) / 16-byte codebook (int) / f32[256] table (generic)
+  x: 6, // activations (tiles; plain [M][K] f32 for generic)
+  p: 7, // per-(block,row) activation params (int paths)
+  y: 8, // output [M][yStride/4] f32
+  m: 9, // M
+  groups: 10, // G
+  inner: 11, // exact: chunks per group; int: chunks per activation block; dense: padded K / 4
+  blocks: 12, // int: activation blocks per group
+  quadBytes: 13, // weight bytes per row quad (per row for generic)
+  yStride: 14, // bytes between output rows
+  k: 15, // K (generic)
+  groupSize: 16, // g (generic)
+  kp: 17, // padded K of the activation tiles (elements)
+  n: 18, // N (generic: rows to skip past N)
+} as const;
+export const JOB_WORDS = 32;
+
+/** Tile sizes (rows of M per pass) per kernel family. */
+export const MT = { int: 4, exact: 2, dense: 4 } as const;
+
+/** Kernel ids, in the order `work` dispatches them. */
+export const FN = {
+  exact2: 0,
+  exact3: 1,
+  exact4: 2,
+  int2: 3,
+  int3: 4,
+  int4: 5,
+  dense: 6,
+  generic: 7,
+} as const;
+export type KernelId = (typeof FN)[keyof typeof FN];
+
+export interface KernelVariant {
+  /** Use relaxed SIMD (relaxed_swizzle, relaxed int8 dot, relaxed_madd). */
+  readonly relaxed: boolean;
+  /**
+   * Relaxed int8 dot as one i32x4.relaxed_dot_i8x16_i7x16_add_s ('fused'), or as i16x8.relaxed_dot +
+   * i32x4.extadd_pairwise_i16x8_s + i32x4.add ('split': the same three x64 instructions without
+   * VNNI, and it avoids V8 11.3 Liftoff's wrong code for the fused form, whose temporary register
+   * may alias the accumulator).
+   */
+  readonly dot?: 'fused' | 'split';
+}
+
+/** The memory import every variant declares: any memory up to 4 GiB matches it (shared when threads are possible). */
+export function memoryImport(shared: boolean): MemoryImport {
+  return { module: 'env', name: 'memory', initialPages: 1, maximumPages: 65536, shared };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shared emit helpers
+
+const range = (n: number) => Array.from({ length: n }, (_, i) => i);
+const splat8 = (b: number) => new Array(16).fill(b);
+
+/** Pushes job word `w` (an i32) on the stack. */
+function job(f: FuncBuilder, w: number): void {
+  f.i32(0).i32Load(JOB_ADDR + 4 * w);
+}
+
+/** local = local + c */
+function bump(f: FuncBuilder, local: number, c: number): void {
+  f.get(local).i32(c).op(Op.i32_add).set(local);
+}
+
+/**
+ * Emits the decode of one chunk's 8 index vectors from the weights at local `w`, calling `use(j)` as
+ * soon as IV_j (in local `iv`) is ready, so each lives briefly; leaves `w` advanced past the chunk.
+ * Pointers are bumped rather than addressed with many constant offsets: V8 keeps memory_base + offset
+ * in a register per distinct offset, and a GEMM body with dozens of them spills.
+ */
+function emitIndexVectors(f: FuncBuilder, bits: 2 | 3 | 4, w: number, masks: Masks, use: (j: number) => void, iv: number): void {
+  const raw = masks.raw;
+  if (bits === 4) {
+    for (let v = 0; v < 4; v++) {
+      f.get(w).v128Load(0).set(raw);
+      bump(f, w, 16);
+      f.get(raw).get(masks.m0f).simd(S.v128_and).set(iv);
+      use(2 * v);
+      f.get(raw).i32(4).simd(S.i16x8_shr_u).get(masks.m0f).simd(S.v128_and).set(iv);
+      use(2 * v + 1);
+    }
+    return;
+  }
+  if (bits === 3) f.get(w).v128Load(32).set(masks.hi);
+  for (let v = 0; v < 2; v++) {
+    f.get(w).v128Load(0).set(raw);
+    bump(f, w, 16);
+    for (let s = 0; s < 4; s++) {
+      const j = 4 * v + s;
+      f.get(raw);
+      if (s > 0) f.i32(2 * s).simd(S.i16x8_shr_u);
+      f.get(masks.m03).simd(S.v128_and);
+      if (bits === 3) {
+        // bit j of the high plane -> bit 2; the i16 shift's spill-over from the other byte is masked off
+        f.get(masks.hi);
+        if (j < 2) f.i32(2 - j).simd(S.i16x8_shl);
+        else if (j > 2) f.i32(j - 2).simd(S.i16x8_shr_u);
+        f.get(masks.m04).simd(S.v128_and).simd(S.v128_or);
+      }
+      f.set(iv);
+      use(j);
+    }
+  }
+  if (bits === 3) bump(f, w, 16);
+}
+
+interface Masks {
+  m0f: number;
+  m03: number;
+  m04: number;
+  raw: number;
+  hi: number;
+}
+
+function makeMasks(f: FuncBuilder): Masks {
+  const m: Masks = { m0f: f.local(V128), m03: f.local(V128), m04: f.local(V128), raw: f.local(V128), hi: f.local(V128) };
+  f.splatConst8(0x0f).set(m.m0f);
+  f.splatConst8(0x03).set(m.m03);
+  f.splatConst8(0x04).set(m.m04);
+  return m;
+}
+
+/** Byte lanes of i8x16.shuffle for zips (punpckl/h bw, wd) and i32 even/odd picks. */
+const ZIP8_LO = range(16).map((i) => (i % 2 ? 16 : 0) + (i >> 1));
+const ZIP8_HI = ZIP8_LO.map((l) => l + 8);
+const ZIP16_LO = range(16).map((i) => ((i >> 1) % 2 ? 16 : 0) + (i >> 2) * 2 + (i % 2));
+const ZIP16_HI = ZIP16_LO.map((l) => l + 8);
+const I32_EVEN = [0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27];
+const I32_ODD = I32_EVEN.map((l) => l + 4);
+const I32_LO2 = [0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23]; // lanes a0 a1 b0 b1
+const I32_HI2 = I32_LO2.map((l) => l + 8); // lanes a2 a3 b2 b3
+
+/** acc = acc + a*b (f32x4), fused where relaxed. Expects nothing on the stack; a, b pushed by callbacks. */
+function fmaInto(f: FuncBuilder, v: KernelVariant, acc: number, a: () => void, b: () => void): void {
+  if (v.relaxed) {
+    a();
+    b();
+    f.get(acc).simd(S.f32x4_relaxed_madd).set(acc);
+  } else {
+    f.get(acc);
+    a();
+    b();
+    f.simd(S.f32x4_mul).simd(S.f32x4_add).set(acc);
+  }
+}
+
+/**
+ * The loop skeleton every tiled kernel shares: for rq in [rq0, rq1): for tiles of up to `mt` rows:
+ * body(mt, ctx). `ctx` holds locals the body needs (rq, m0).
+ */
+function tiledLoops(f: FuncBuilder, maxTile: number, body: (mt: number, rq: number, m0: number) => void): void {
+  const rq = f.local(I32);
+  const m0 = f.local(I32);
+  const left = f.local(I32);
+  f.forLoop(rq, () => f.get(0), () => f.get(1), 1, () => {
+    f.forLoop(m0, () => f.i32(0), () => job(f, J.m), maxTile, () => {
+      job(f, J.m);
+      f.get(m0).op(Op.i32_sub).set(left);
+      // dispatch on the tile size: left >= maxTile takes the full body, else the exact remainder
+      const emitFrom = (t: number) => {
+        if (t === 1) {
+          body(1, rq, m0);
+          return;
+        }
+        f.get(left).i32(t).op(Op.i32_ge_s);
+        f.if(() => body(t, rq, m0), () => emitFrom(t - 1));
+      };
+      emitFrom(maxTile);
+    });
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// LUT kernels, integer activations
+
+/**
+ * y[m, rows of rq] += sum over groups of s4 * sum over blocks of d[m,b] * (sum_k code[q] * xq[m,k] - corr[m,b]).
+ * Relaxed: one i32x4 per tile row, relaxed_dot(xq (i8), u = code + 64 (i7), acc): lane r = row r.
+ * SIMD128: codes are signed i8 widened to i16, xq is i16; i32x4.dot_i16x8_s on rows {0,1} and {2,3}
+ * gives two accumulators per tile row whose even/odd lanes are added at the end of a block.
+ */
+function lutIntKernel(v: KernelVariant, bits: 2 | 3 | 4): FuncBuilder {
+  const f = new FuncBuilder(`lut_int${bits}`, [I32, I32]);
+  const masks = makeMasks(f);
+  const table = f.local(V128);
+  const iv = f.local(V128);
+  const wv = f.local(V128);
+  const wlo = f.local(V128);
+  const whi = f.local(V128);
+  const s4 = f.local(V128);
+  const tmp = f.local(V128);
+  const w = f.local(I32);
+  const s = f.local(I32);
+  const x = f.local(I32);
+  const p = f.local(I32);
+  const gi = f.local(I32);
+  const bi = f.local(I32);
+  const ci = f.local(I32);
+  const tot = f.locals(V128, MT.int);
+  const accA = f.locals(V128, MT.int);
+  const accB = f.locals(V128, MT.int);
+  const eb = v.relaxed ? 1 : 2; // activation element bytes
+  const ones16 = f.local(V128);
+  f.v128Const([1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0]).set(ones16);
+
+  job(f, J.table);
+  f.v128Load(0).set(table);
+
+  tiledLoops(f, MT.int, (mt, rq, m0) => {
+    // pointers for this (row quad, tile)
+    job(f, J.w);
+    f.get(rq);
+    job(f, J.quadBytes);
+    f.op(Op.i32_mul, Op.i32_add).set(w);
+    job(f, J.s);
+    f.get(rq);
+    job(f, J.groups);
+    f.op(Op.i32_mul).i32(16).op(Op.i32_mul, Op.i32_add).set(s);
+    job(f, J.x);
+    f.get(m0);
+    job(f, J.kp);
+    f.op(Op.i32_mul).i32(eb).op(Op.i32_mul, Op.i32_add).set(x);
+    job(f, J.p);
+    f.get(m0);
+    job(f, J.groups);
+    job(f, J.blocks);
+    f.op(Op.i32_mul, Op.i32_mul).i32(8).op(Op.i32_mul, Op.i32_add).set(p);
+    for (let m = 0; m < mt; m++) f.zero().set(tot[m]);
+
+    job(f, J.groups);
+    f.set(gi);
+    f.repeat(gi, () => {
+      f.get(s).v128Load(0).set(s4);
+      bump(f, s, 16);
+      job(f, J.blocks);
+      f.set(bi);
+      f.repeat(bi, () => {
+        for (let m = 0; m < mt; m++) {
+          f.zero().set(accA[m]);
+          if (!v.relaxed) f.zero().set(accB[m]);
+        }
+        job(f, J.inner);
+        f.set(ci);
+        f.repeat(ci, () => {
+          emitIndexVectors(f, bits, w, masks, (j) => {
+            // int8 weights for 4 rows x 4 k
+            f.get(table).get(iv).simd(v.relaxed ? S.i8x16_relaxed_swizzle : S.i8x16_swizzle).set(wv);
+            if (v.relaxed) {
+              for (let m = 0; m < mt; m++) {
+                if (v.dot === 'split') {
+                  f.get(accA[m]).get(x).simdMem(S.v128_load32_splat, 2, m * 4);
+                  // pairwise widening by pmaddwd with a ones register (extadd_pairwise reloads a constant each time)
+                  f.get(wv).simd(S.i16x8_relaxed_dot_i8x16_i7x16_s).get(ones16).simd(S.i32x4_dot_i16x8_s).simd(S.i32x4_add).set(accA[m]);
+                } else {
+                  f.get(x).simdMem(S.v128_load32_splat, 2, m * 4);
+                  f.get(wv).get(accA[m]).simd(S.i32x4_relaxed_dot_i8x16_i7x16_add_s).set(accA[m]);
+                }
+              }
+            } else {
+              f.get(wv).simd(S.i16x8_extend_low_i8x16_s).set(wlo);
+              f.get(wv).simd(S.i16x8_extend_high_i8x16_s).set(whi);
+              for (let m = 0; m < mt; m++) {
+                f.get(x).simdMem(S.v128_load64_splat, 3, m * 8).set(tmp);
+                f.get(accA[m]).get(wlo).get(tmp).simd(S.i32x4_dot_i16x8_s).simd(S.i32x4_add).set(accA[m]);
+                f.get(accB[m]).get(whi).get(tmp).simd(S.i32x4_dot_i16x8_s).simd(S.i32x4_add).set(accB[m]);
+              }
+            }
+            bump(f, x, 4 * mt * eb);
+          }, iv);
+        });
+        // fold the block: tot += f32(acc - corr) * d * s4
+        for (let m = 0; m < mt; m++) {
+          if (v.relaxed) {
+            f.get(accA[m]).get(p).simdMem(S.v128_load32_splat, 2, m * 8 + 4).simd(S.i32x4_sub);
+          } else {
+            f.get(accA[m]).get(accB[m]).shuffle(I32_EVEN).get(accA[m]).get(accB[m]).shuffle(I32_ODD).simd(S.i32x4_add);
+          }
+          f.simd(S.f32x4_convert_i32x4_s).get(p).simdMem(S.v128_load32_splat, 2, m * 8).simd(S.f32x4_mul).set(tmp);
+          fmaInto(f, v, tot[m], () => f.get(tmp), () => f.get(s4));
+        }
+        bump(f, p, 8 * mt);
+      });
+    });
+    storeTile(f, mt, rq, m0, tot);
+  });
+  return f;
+}
+
+/** y[(m0+m)*yStride + rq*16] = tot[m] (lanes = the quad's 4 rows). */
+function storeTile(f: FuncBuilder, mt: number, rq: number, m0: number, tot: number[]): void {
+  for (let m = 0; m < mt; m++) {
+    job(f, J.y);
+    f.get(m0).i32(m).op(Op.i32_add);
+    job(f, J.yStride);
+    f.op(Op.i32_mul, Op.i32_add).get(rq).i32(16).op(Op.i32_mul, Op.i32_add);
+    f.get(tot[m]).v128Store(0);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// LUT kernels, exact f32
+
+/**
+ * y[m, n] = sum_k fl(T[q] * s) * x[m, k] in f32, the reference's weight exactly. The f32 table is
+ * gathered with four swizzles over its byte planes and a zip network (bitnet TL1's trick), giving
+ * per index vector one f32x4 per row (lanes = 4 consecutive k); each row keeps one accumulator per
+ * tile row, reduced across lanes at the end of the row quad.
+ */
+function lutExactKernel(v: KernelVariant, bits: 2 | 3 | 4): FuncBuilder {
+  const f = new FuncBuilder(`lut_exact${bits}`, [I32, I32]);
+  const masks = makeMasks(f);
+  const planes = f.locals(V128, 4);
+  const iv = f.local(V128);
+  const pl = f.locals(V128, 4);
+  const l01 = f.local(V128);
+  const l23 = f.local(V128);
+  const wr = f.local(V128);
+  const xs = f.locals(V128, MT.exact);
+  const w = f.local(I32);
+  const s = f.local(I32);
+  const x = f.local(I32);
+  const gi = f.local(I32);
+  const ci = f.local(I32);
+  const acc = range(QUAD_ROWS).map(() => f.locals(V128, MT.exact)); // [row][m]
+  const sw = v.relaxed ? S.i8x16_relaxed_swizzle : S.i8x16_swizzle;
+
+  for (let p = 0; p < 4; p++) {
+    job(f, J.table);
+    f.v128Load(16 * p).set(planes[p]);
+  }
+
+  tiledLoops(f, MT.exact, (mt, rq, m0) => {
+    job(f, J.w);
+    f.get(rq);
+    job(f, J.quadBytes);
+    f.op(Op.i32_mul, Op.i32_add).set(w);
+    job(f, J.s);
+    f.get(rq);
+    job(f, J.groups);
+    f.op(Op.i32_mul).i32(16).op(Op.i32_mul, Op.i32_add).set(s);
+    job(f, J.x);
+    f.get(m0);
+    job(f, J.kp);
+    f.op(Op.i32_mul).i32(4).op(Op.i32_mul, Op.i32_add).set(x);
+    for (let r = 0; r < QUAD_ROWS; r++) for (let m = 0; m < mt; m++) f.zero().set(acc[r][m]);
+
+    job(f, J.groups);
+    f.set(gi);
+    f.repeat(gi, () => {
+      job(f, J.inner);
+      f.set(ci);
+      f.repeat(ci, () => {
+        emitIndexVectors(f, bits, w, masks, (j) => {
+          for (let p = 0; p < 4; p++) f.get(planes[p]).get(iv).simd(sw).set(pl[p]);
+          for (let m = 0; m < mt; m++) f.get(x).v128Load(m * 16).set(xs[m]);
+          bump(f, x, 16 * mt);
+          // rows 0,1 from the low halves, rows 2,3 from the high halves
+          for (const half of [0, 1]) {
+            const z8 = half ? ZIP8_HI : ZIP8_LO;
+            f.get(pl[0]).get(pl[1]).shuffle(z8).set(l01);
+            f.get(pl[2]).get(pl[3]).shuffle(z8).set(l23);
+            for (const sub of [0, 1]) {
+              const r = 2 * half + sub;
+              f.get(l01).get(l23).shuffle(sub ? ZIP16_HI : ZIP16_LO);
+              f.get(s).simdMem(S.v128_load32_splat, 2, 4 * r).simd(S.f32x4_mul).set(wr); // fl(T * s), as dequantize()
+              for (let m = 0; m < mt; m++) fmaInto(f, v, acc[r][m], () => f.get(wr), () => f.get(xs[m]));
+            }
+          }
+        }, iv);
+      });
+      bump(f, s, 16);
+    });
+    // lane sums: [sum acc0, sum acc1, sum acc2, sum acc3] per tile row
+    const tot = f.locals(V128, mt);
+    for (let m = 0; m < mt; m++) {
+      f.get(acc[0][m]).get(acc[1][m]).shuffle(I32_LO2).get(acc[0][m]).get(acc[1][m]).shuffle(I32_HI2).simd(S.f32x4_add).set(l01);
+      f.get(acc[2][m]).get(acc[3][m]).shuffle(I32_LO2).get(acc[2][m]).get(acc[3][m]).shuffle(I32_HI2).simd(S.f32x4_add).set(l23);
+      f.get(l01).get(l23).shuffle(I32_EVEN).get(l01).get(l23).shuffle(I32_ODD).simd(S.f32x4_add).set(tot[m]);
+    }
+    storeTile(f, mt, rq, m0, tot);
+  });
+  return f;
+}
+const QUAD_ROWS = 4;
+
+// ---------------------------------------------------------------------------------------------
+// Dense f32
+
+/**
+ * y[m, quad] = sum_k W[quad][k][0..3] * x[m, k]: one f32x4 (4 rows) per k, splat activations. At
+ * small tiles each row of M keeps 4/mt interleaved accumulators so the f32 add (or FMA) latency
+ * chain does not bound a GEMV; they are summed at the end.
+ */
+function denseKernel(v: KernelVariant): FuncBuilder {
+  const f = new FuncBuilder('dense_f32', [I32, I32]);
+  const w = f.local(I32);
+  const x = f.local(I32);
+  const ki = f.local(I32);
+  const wk = f.locals(V128, 4);
+  const acc = range(MT.dense).map(() => f.locals(V128, 4)); // [m][chain]
+  tiledLoops(f, MT.dense, (mt, rq, m0) => {
+    const chains = Math.min(4, Math.max(1, Math.floor(8 / mt)));
+    job(f, J.w);
+    f.get(rq);
+    job(f, J.quadBytes);
+    f.op(Op.i32_mul, Op.i32_add).set(w);
+    job(f, J.x);
+    f.get(m0);
+    job(f, J.kp);
+    f.op(Op.i32_mul).i32(4).op(Op.i32_mul, Op.i32_add).set(x);
+    for (let m = 0; m < mt; m++) for (let c = 0; c < chains; c++) f.zero().set(acc[m][c]);
+    job(f, J.inner); // padded K / 4
+    f.set(ki);
+    f.repeat(ki, () => {
+      for (let t = 0; t < 4; t++) f.get(w).v128Load(16 * t).set(wk[t]);
+      for (let t = 0; t < 4; t++) {
+        for (let m = 0; m < mt; m++) {
+          fmaInto(f, v, acc[m][t % chains], () => f.get(wk[t]), () => f.get(x).simdMem(S.v128_load32_splat, 2, (m * 4 + t) * 4));
+        }
+      }
+      bump(f, w, 64);
+      bump(f, x, 16 * mt);
+    });
+    for (let m = 0; m < mt; m++) {
+      if (chains === 4) {
+        f.get(acc[m][0]).get(acc[m][1]).simd(S.f32x4_add).get(acc[m][2]).get(acc[m][3]).simd(S.f32x4_add).simd(S.f32x4_add).set(acc[m][0]);
+      } else if (chains === 2) {
+        f.get(acc[m][0]).get(acc[m][1]).simd(S.f32x4_add).set(acc[m][0]);
+      }
+    }
+    storeTile(f, mt, rq, m0, acc.slice(0, mt).map((a) => a[0]));
+  });
+  return f;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Generic LUT (any bits, any group size): scalar, exact f32
+
+/** y[m, n] = sum_k fl(T[q[n,k]] * s[n, k/g]) * x[m, k], sequential f32 sum; x is plain [M][K]. */
+function genericKernel(): FuncBuilder {
+  const f = new FuncBuilder('lut_generic', [I32, I32]);
+  const row = f.local(I32);
+  const m = f.local(I32);
+  const wp = f.local(I32);
+  const xp = f.local(I32);
+  const sp = f.local(I32);
+  const tb = f.local(I32);
+  const gi = f.local(I32);
+  const len = f.local(I32);
+  const sv = f.local(F32);
+  const acc = f.local(F32);
+  job(f, J.table);
+  f.set(tb);
+  f.forLoop(row, () => f.get(0), () => f.get(1), 1, () => {
+    f.forLoop(m, () => f.i32(0), () => job(f, J.m), 1, () => {
+      job(f, J.w);
+      f.get(row);
+      job(f, J.k);
+      f.op(Op.i32_mul, Op.i32_add).set(wp);
+      job(f, J.s);
+      f.get(row);
+      job(f, J.groups);
+      f.op(Op.i32_mul).i32(4).op(Op.i32_mul, Op.i32_add).set(sp);
+      job(f, J.x);
+      f.get(m);
+      job(f, J.k);
+      f.op(Op.i32_mul).i32(4).op(Op.i32_mul, Op.i32_add).set(xp);
+      f.f32(0).set(acc);
+      f.forLoop(gi, () => f.i32(0), () => job(f, J.groups), 1, () => {
+        f.get(sp).f32Load(0).set(sv);
+        bump(f, sp, 4);
+        // len = min(g, K - gi*g)
+        job(f, J.k);
+        f.get(gi);
+        job(f, J.groupSize);
+        f.op(Op.i32_mul, Op.i32_sub).set(len);
+        job(f, J.groupSize);
+        f.get(len).op(Op.i32_lt_s).if(() => {
+          job(f, J.groupSize);
+          f.set(len);
+        });
+        f.repeat(len, () => {
+          f.get(acc);
+          f.get(tb).get(wp).mem(Op.i32_load8_u, 0, 0).i32(2).op(Op.i32_shl, Op.i32_add).f32Load(0);
+          f.get(sv).op(Op.f32_mul);
+          f.get(xp).f32Load(0).op(Op.f32_mul, Op.f32_add).set(acc);
+          bump(f, wp, 1);
+          bump(f, xp, 4);
+        });
+      });
+      job(f, J.y);
+      f.get(m);
+      job(f, J.yStride);
+      f.op(Op.i32_mul, Op.i32_add).get(row).i32(4).op(Op.i32_mul, Op.i32_add).get(acc).mem(Op.f32_store, 2, 0);
+    });
+  });
+  return f;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The module
+
+/** Emits the kernel module for `v`; validate with WebAssembly.validate before use. */
+export function buildKernelModule(v: KernelVariant, shared = true): Uint8Array<ArrayBuffer> {
+  const mb = new ModuleBuilder(memoryImport(shared));
+  const kernels: [KernelId, FuncBuilder][] = [
+    [FN.exact2, lutExactKernel(v, 2)],
+    [FN.exact3, lutExactKernel(v, 3)],
+    [FN.exact4, lutExactKernel(v, 4)],
+    [FN.int2, lutIntKernel(v, 2)],
+    [FN.int3, lutIntKernel(v, 3)],
+    [FN.int4, lutIntKernel(v, 4)],
+    [FN.dense, denseKernel(v)],
+    [FN.generic, genericKernel()],
+  ];
+  kernels.sort((a, b) => a[0] - b[0]);
+  const index = kernels.map(([, k]) => mb.add(k));
+
+  // work(tid): [rq0, rq1) = this thread's share of job.units, then call the job's kernel
+  const work = new FuncBuilder('work', [I32]);
+  const r0 = work.local(I32);
+  const r1 = work.local(I32);
+  const share = (t: () => void) => {
+    job(work, J.units);
+    t();
+    work.op(Op.i32_mul);
+    job(work, J.threads);
+    work.op(Op.i32_div_u);
+  };
+  share(() => work.get(0));
+  work.set(r0);
+  share(() => work.get(0).i32(1).op(Op.i32_add));
+  work.set(r1);
+  for (let i = 0; i < index.length; i++) {
+    job(work, J.fn);
+    work.i32(i).op(Op.i32_eq).if(() => work.get(r0).get(r1).call(index[i]));
+  }
+  mb.add(work);
+  return mb.encode();
+}

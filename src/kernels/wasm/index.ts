@@ -1,0 +1,546 @@
+// The `wasm` kernel backend: LUT-quantized and dense matmul in WebAssembly SIMD128 (+ relaxed SIMD where
+// the runtime has it) over one shared WebAssembly.Memory, rows split between resident worker threads.
+// Runs unchanged in Node and browsers: no native addon, no C toolchain, no build step.
+//
+// Why kernels are emitted from TypeScript at run time (encoder.ts + codegen.ts) rather than written in
+// AssemblyScript or WAT: the kernels need exactly the instructions we pick (swizzle, relaxed dot,
+// shuffles) and specialise on bits, tile size and variant; emitting bytecode gives that with zero
+// dependencies and no build step, and a variant that the host cannot run (relaxed SIMD on Node 20
+// without a flag, Safari) is simply not emitted. Every module is checked by WebAssembly.validate and
+// every variant by a self-check against the reference before first use.
+//
+// Paths (layouts in layout.ts, kernels in codegen.ts):
+//   - lut int ('int8' activations, the default for b <= 4): activations quantized per block of up to
+//     128 padded columns, the table approximated by an integer codebook (one v128, looked up by swizzle),
+//     integer dot products, one f32 fold per block. Relaxed variant: int8 activations x 7-bit codes via
+//     i32x4.relaxed_dot_i8x16_i7x16_add_s; SIMD128 variant: int16 activations x int8 codes via
+//     i32x4.dot_i16x8_s. Error bound: see `intErrorBound` below and README of the tests.
+//   - lut exact ('f32' activations): y = sum fl(T[q]*s) * x in f32 with the reference's weights exactly;
+//     relative error <= (Kp/4+4) * 2^-24 * sum|W x| per element; identity input returns dequantize()
+//     bit for bit.
+//   - generic: any bits 1..8 or group size < 16, scalar exact f32 (slower, always correct).
+//   - dense: f32 weights, the benchmark baseline and the layers that stay dense.
+// The model runtime should use the default ('int8'): at W4G128 its worst-case error bound is about 1%
+// of sum|s T x| and typically 0.2-0.5% relative to |y|, an order below the weight quantization error
+// itself (NF4 is ~10% RMS), and it is 2-4x faster than the exact path. Pass activations: 'f32' (per
+// backend or per matmul) to reproduce the reference to f32 rounding.
+
+import { FluteError, checkOption } from '../../errors.js';
+import { dequantize, validateQuantizedLinear, type Linear, type QuantizedLinear } from '../../quant/linear.js';
+import { checkMatmulArgs } from '../check.js';
+import type { BackendInfo, KernelBackend, MatmulOptions, PreparedLinear } from '../types.js';
+import { FuncBuilder, ModuleBuilder, S, V128 } from './encoder.js';
+import { FN, J, JOB_ADDR, JOB_WORDS, MT, buildKernelModule, type KernelVariant } from './codegen.js';
+import {
+  CHUNK,
+  QUAD,
+  layoutBytes,
+  packForWasm,
+  paddedK,
+  quantizeActivations,
+  roundUp,
+  tileF32,
+  type ActGeometry,
+  type LutLayout,
+} from './layout.js';
+import { WasmHeap } from './memory.js';
+import { ThreadPool, isNode } from './threads.js';
+
+export { packForWasm } from './layout.js';
+export type { WasmLayout } from './layout.js';
+
+// ---------------------------------------------------------------------------------------------
+// Options and capabilities
+
+export type WasmActivations = 'int8' | 'f32';
+
+export interface WasmBackendOptions {
+  /** Threads including the caller; default: the cores available. 1 runs everything on the caller. */
+  readonly threads?: number;
+  /** 'auto' (default): relaxed SIMD where available (on Node 20 by setting V8's flag) and self-checked. */
+  readonly relaxed?: 'auto' | boolean;
+  /** Initial memory; grows as layers are prepared. Default 64 MiB. */
+  readonly initialMemoryMiB?: number;
+  /** Cap on the memory (wasm32: at most 4096 MiB, the default). */
+  readonly maxMemoryMiB?: number;
+  /** Default activation path for b <= 4 layers: 'int8' (fast, bounded error) or 'f32' (exact). */
+  readonly activations?: WasmActivations;
+  /** Largest activation quantization block (a multiple of 32, <= 256); default 128. */
+  readonly activationBlock?: number;
+}
+
+export interface WasmMatmulOptions extends MatmulOptions {
+  /** Overrides the backend's activation path for this call. */
+  readonly activations?: WasmActivations;
+}
+
+/** The wasm backend: a KernelBackend that also says what runs and takes the activation path per call. */
+export interface WasmKernelBackend extends KernelBackend {
+  /** Threads taking part in a matmul (the caller included). */
+  readonly threads: number;
+  /** True when the relaxed-SIMD kernels passed their self-check and run. */
+  readonly relaxed: boolean;
+  matmul(layer: PreparedLinear, x: Float32Array, m: number, out?: Float32Array, opts?: WasmMatmulOptions): Float32Array;
+}
+
+export interface WasmCapabilities {
+  readonly simd: boolean;
+  /** Relaxed SIMD validates (possibly only after setting V8's flag, see relaxedViaFlag). */
+  readonly relaxed: boolean;
+  /** True when relaxed SIMD needed `--experimental-wasm-relaxed-simd` (Node 20 / V8 11.3). */
+  readonly relaxedViaFlag: boolean;
+  /** Shared memory and workers are available (Node, or a cross-origin-isolated page). */
+  readonly threads: boolean;
+  /** Cores the host reports (the default thread count). */
+  readonly cores: number;
+}
+
+function probe(emit: (f: FuncBuilder) => void): boolean {
+  const f = new FuncBuilder('probe', [], []);
+  emit(f);
+  const mb = new ModuleBuilder({ module: 'env', name: 'memory', initialPages: 1, maximumPages: 1, shared: false });
+  mb.add(f);
+  try {
+    return WebAssembly.validate(mb.encode());
+  } catch {
+    return false;
+  }
+}
+
+const probeSimd = () => probe((f) => f.zero().zero().simd(S.i8x16_swizzle).simd(S.i32x4_extract_lane).op(0).op(0x1a));
+const probeRelaxed = () =>
+  probe((f) => {
+    f.zero().zero().zero().simd(S.i32x4_relaxed_dot_i8x16_i7x16_add_s);
+    f.zero().simd(S.i8x16_relaxed_swizzle).zero().zero().simd(S.f32x4_relaxed_madd).op(0x1a);
+  });
+void V128;
+
+function sharedMemoryWorks(): boolean {
+  try {
+    if (typeof SharedArrayBuffer !== 'function') return false;
+    if (!isNode && !(globalThis as { crossOriginIsolated?: boolean }).crossOriginIsolated) return false;
+    new WebAssembly.Memory({ initial: 1, maximum: 1, shared: true } as WebAssembly.MemoryDescriptor);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+async function hostCores(): Promise<number> {
+  if (isNode) {
+    const os = await import('node:os');
+    return typeof os.availableParallelism === 'function' ? os.availableParallelism() : os.cpus().length;
+  }
+  return (globalThis as { navigator?: { hardwareConcurrency?: number } }).navigator?.hardwareConcurrency ?? 1;
+}
+
+let capsCache: Promise<WasmCapabilities> | null = null;
+
+/**
+ * What this runtime offers the wasm backend (for `flute doctor`). On Node without native relaxed SIMD
+ * this sets V8's `--experimental-wasm-relaxed-simd` flag (process-wide, harmless before compiling).
+ */
+export function wasmCapabilities(): Promise<WasmCapabilities> {
+  capsCache ??= (async () => {
+    const simd = probeSimd();
+    let relaxed = simd && probeRelaxed();
+    let relaxedViaFlag = false;
+    if (simd && !relaxed && isNode) {
+      try {
+        const v8 = await import('node:v8');
+        v8.setFlagsFromString('--experimental-wasm-relaxed-simd');
+        relaxed = probeRelaxed();
+        relaxedViaFlag = relaxed;
+      } catch {
+        relaxed = false;
+      }
+    }
+    return { simd, relaxed, relaxedViaFlag, threads: sharedMemoryWorks(), cores: await hostCores() };
+  })();
+  return capsCache;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Prepared layers
+
+interface WasmLayerData {
+  readonly layout: 'lut' | 'generic' | 'dense';
+  readonly lut?: Omit<LutLayout, 'indices' | 'scales' | 'planes'>;
+  readonly generic?: { readonly groupSize: number; readonly groups: number };
+  readonly w: number; // weights (indices / f32) in wasm memory
+  readonly s: number; // scales (0 for dense)
+  readonly table: number; // lut: planes [64] + relaxed codes [16] + simd codes [16]; generic: f32[256]
+  readonly relaxedScale: number;
+  readonly simdScale: number;
+  released: boolean;
+}
+
+const TABLE_RELAXED = 64;
+const TABLE_SIMD = 80;
+
+// ---------------------------------------------------------------------------------------------
+// The backend core: one variant's memory, module, instance and threads
+
+class Core {
+  private readonly scratch = new Map<string, { ptr: number; size: number }>();
+  pool: ThreadPool | null = null; // null until startThreads (self-checks run on the caller alone)
+
+  private constructor(
+    readonly variant: KernelVariant,
+    readonly heap: WasmHeap,
+    readonly module: WebAssembly.Module,
+    readonly work: (tid: number) => void,
+  ) {}
+
+  static async create(variant: KernelVariant, shared: boolean, opts: WasmBackendOptions): Promise<Core> {
+    const bytes = buildKernelModule(variant, shared);
+    if (!WebAssembly.validate(bytes)) throw new FluteError('E_BACKEND', `wasm: the generated ${variant.relaxed ? 'relaxed' : 'SIMD128'} kernel module does not validate`);
+    const module = await WebAssembly.compile(bytes);
+    const heap = WasmHeap.create({ shared, initialMiB: opts.initialMemoryMiB ?? 64, maxMiB: opts.maxMemoryMiB ?? 4096, reservedBytes: 4096 });
+    const inst = await WebAssembly.instantiate(module, { env: { memory: heap.memory } });
+    return new Core(variant, heap, module, inst.exports.work as (tid: number) => void);
+  }
+
+  async startThreads(threads: number): Promise<void> {
+    this.pool = await ThreadPool.create(threads, this.module, this.heap.memory, this.work);
+  }
+
+  get threads(): number {
+    return this.pool?.threads ?? 1;
+  }
+
+  /** A scratch buffer of at least `bytes`, reused across calls (grown by 1.5x when too small). */
+  scratchPtr(name: string, bytes: number): number {
+    const cur = this.scratch.get(name);
+    if (cur && cur.size >= bytes) return cur.ptr;
+    if (cur) this.heap.release(cur.ptr);
+    const size = Math.max(bytes, Math.ceil((cur?.size ?? 0) * 1.5), 4096);
+    const ptr = this.heap.alloc(size, `scratch ${name}`);
+    this.scratch.set(name, { ptr, size });
+    return ptr;
+  }
+
+  dispose(): void {
+    this.pool?.dispose();
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The backend
+
+class WasmBackend implements WasmKernelBackend {
+  readonly name = 'wasm';
+  private disposed = false;
+
+  constructor(
+    private readonly core: Core,
+    private readonly description: string,
+    private readonly activations: WasmActivations,
+    private readonly actBlockMax: number,
+  ) {}
+
+  info(): BackendInfo {
+    return { name: 'wasm', variant: this.description };
+  }
+
+  /** The variant actually running and the thread count (for benchmarks and doctor). */
+  get threads(): number {
+    return this.core.threads;
+  }
+  get relaxed(): boolean {
+    return this.core.variant.relaxed;
+  }
+
+  unsupported(layer: Linear): string | null {
+    const bytes = layoutBytes(layer);
+    if (bytes > this.core.heap.maxBytes) {
+      return `needs ${(bytes / 2 ** 20).toFixed(0)} MiB in wasm memory, more than its ${(this.core.heap.maxBytes / 2 ** 20).toFixed(0)} MiB cap`;
+    }
+    return null;
+  }
+
+  prepare(layer: Linear): PreparedLinear {
+    this.alive();
+    if (layer.kind === 'quantized') validateQuantizedLinear(layer, 'wasm prepare');
+    const why = this.unsupported(layer);
+    if (why) throw new FluteError('E_BACKEND', `wasm prepare: a [${layer.n}, ${layer.k}] layer ${why}`);
+    const lay = packForWasm(layer);
+    const heap = this.core.heap;
+    const allocs: number[] = [];
+    const put = (src: Uint8Array, what: string) => {
+      const ptr = heap.alloc(src.byteLength, what);
+      allocs.push(ptr);
+      heap.u8.set(src, ptr);
+      return ptr;
+    };
+    const bytesOf = (a: Float32Array | Uint8Array) => new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
+    try {
+      let data: WasmLayerData;
+      let bytes: number;
+      const what = `a [${layer.n}, ${layer.k}] layer`;
+      if (lay.kind === 'dense') {
+        const w = put(bytesOf(lay.weight), what);
+        data = { layout: 'dense', w, s: 0, table: 0, relaxedScale: 1, simdScale: 1, released: false };
+        bytes = lay.weight.byteLength;
+      } else if (lay.kind === 'generic') {
+        const w = put(lay.indices, what);
+        const s = put(bytesOf(lay.scales), what);
+        const table = put(bytesOf(lay.table), what);
+        data = { layout: 'generic', generic: { groupSize: lay.groupSize, groups: lay.groups }, w, s, table, relaxedScale: 1, simdScale: 1, released: false };
+        bytes = lay.indices.byteLength + lay.scales.byteLength + lay.table.byteLength;
+      } else {
+        const w = put(lay.indices, what);
+        const s = put(bytesOf(lay.scales), what);
+        const tb = new Uint8Array(96);
+        tb.set(lay.planes, 0);
+        lay.relaxedCodebook.codes.forEach((c, j) => (tb[TABLE_RELAXED + j] = c + 64));
+        lay.simdCodebook.codes.forEach((c, j) => (tb[TABLE_SIMD + j] = c & 0xff));
+        const table = put(tb, what);
+        const { indices: _i, scales: _s, planes: _p, ...lut } = lay;
+        data = { layout: 'lut', lut, w, s, table, relaxedScale: lay.relaxedCodebook.scale, simdScale: lay.simdCodebook.scale, released: false };
+        bytes = lay.indices.byteLength + lay.scales.byteLength + tb.byteLength;
+      }
+      return { backend: 'wasm', n: layer.n, k: layer.k, source: layer, bytes, data };
+    } catch (e) {
+      for (const p of allocs) heap.release(p);
+      throw e;
+    }
+  }
+
+  matmul(layer: PreparedLinear, x: Float32Array, m: number, out?: Float32Array, opts?: WasmMatmulOptions): Float32Array {
+    this.alive();
+    checkMatmulArgs('wasm', layer, x, m, out);
+    if (opts?.computeType === 'f16') {
+      throw new FluteError('E_OPTION', `wasm matmul: computeType "f16" is not supported (the CPU kernels compute in f32); use "f32"`);
+    }
+    const data = layer.data as WasmLayerData;
+    if (data.released) throw new FluteError('E_BACKEND', 'wasm matmul: the layer was released');
+    const act = opts?.activations ?? this.activations;
+    if (act !== 'int8' && act !== 'f32') checkOption(false, 'activations', '"int8" or "f32"', act);
+    const { n, k } = layer;
+    const core = this.core;
+    const heap = core.heap;
+    const np = roundUp(n, QUAD);
+    const yPtr = core.scratchPtr('y', m * np * 4);
+    const jw = new Int32Array(JOB_WORDS);
+    jw[J.y] = yPtr;
+    jw[J.m] = m;
+    jw[J.yStride] = np * 4;
+    jw[J.w] = data.w;
+    jw[J.s] = data.s;
+    let units = Math.ceil(n / QUAD);
+
+    if (data.layout === 'dense') {
+      const a: ActGeometry = { m, k, groupSize: k, paddedGroup: roundUp(k, 4), groups: 1, tile: MT.dense };
+      const kp = paddedK(a);
+      const xPtr = core.scratchPtr('x', kp * m * 4);
+      tileF32(a, x, heap.f32(xPtr, kp * m));
+      jw[J.fn] = FN.dense;
+      jw[J.x] = xPtr;
+      jw[J.kp] = kp;
+      jw[J.inner] = kp / 4;
+      jw[J.quadBytes] = kp * 16;
+    } else if (data.layout === 'generic') {
+      const g = data.generic!;
+      const xPtr = core.scratchPtr('x', k * m * 4);
+      heap.f32(xPtr, k * m).set(x);
+      jw[J.fn] = FN.generic;
+      jw[J.x] = xPtr;
+      jw[J.table] = data.table;
+      jw[J.k] = k;
+      jw[J.groups] = g.groups;
+      jw[J.groupSize] = g.groupSize;
+      units = n;
+    } else {
+      const g = data.lut!;
+      const lb = g.layoutBits;
+      jw[J.groups] = g.groups;
+      jw[J.quadBytes] = g.quadBytes;
+      if (act === 'f32') {
+        const a: ActGeometry = { m, k, groupSize: g.groupSize, paddedGroup: g.paddedGroup, groups: g.groups, tile: MT.exact };
+        const kp = paddedK(a);
+        const xPtr = core.scratchPtr('x', kp * m * 4);
+        tileF32(a, x, heap.f32(xPtr, kp * m));
+        jw[J.fn] = lb === 2 ? FN.exact2 : lb === 3 ? FN.exact3 : FN.exact4;
+        jw[J.x] = xPtr;
+        jw[J.kp] = kp;
+        jw[J.table] = data.table;
+        jw[J.inner] = g.paddedGroup / CHUNK;
+      } else {
+        const relaxed = core.variant.relaxed;
+        const a: ActGeometry = { m, k, groupSize: g.groupSize, paddedGroup: g.paddedGroup, groups: g.groups, tile: MT.int };
+        const kp = paddedK(a);
+        const block = activationBlock(g.paddedGroup, this.actBlockMax);
+        const nb = kp / block;
+        const eb = relaxed ? 1 : 2;
+        const xPtr = core.scratchPtr('x', kp * m * eb);
+        const pPtr = core.scratchPtr('p', nb * m * 8);
+        const q = relaxed ? heap.i8(xPtr, kp * m) : heap.i16(xPtr, kp * m);
+        quantizeActivations(a, x, block, relaxed ? 127 : 32767, relaxed ? data.relaxedScale : data.simdScale, relaxed ? 64 : 0, q, heap.i32(pPtr, nb * m * 2));
+        jw[J.fn] = lb === 2 ? FN.int2 : lb === 3 ? FN.int3 : FN.int4;
+        jw[J.x] = xPtr;
+        jw[J.p] = pPtr;
+        jw[J.kp] = kp;
+        jw[J.table] = data.table + (relaxed ? TABLE_RELAXED : TABLE_SIMD);
+        jw[J.inner] = block / CHUNK;
+        jw[J.blocks] = g.paddedGroup / block;
+      }
+    }
+    jw[J.units] = units;
+    jw[J.n] = n;
+    this.dispatch(jw, n * k * m);
+    const y = out ?? new Float32Array(m * n);
+    const src = heap.f32(yPtr, m * np);
+    if (np === n) y.set(src.subarray(0, m * n));
+    else for (let i = 0; i < m; i++) y.set(src.subarray(i * np, i * np + n), i * n);
+    return y;
+  }
+
+  /** Writes the job and runs it; tiny jobs stay on the calling thread (waking workers costs more). */
+  private dispatch(jw: Int32Array, macs: number): void {
+    const pool = this.core.pool;
+    const solo = !pool || pool.threads === 1 || macs < 1 << 16;
+    jw[J.threads] = solo ? 1 : pool.threads;
+    this.core.heap.i32(JOB_ADDR, JOB_WORDS).set(jw);
+    if (solo) this.core.work(0);
+    else pool.run();
+  }
+
+  release(layer: PreparedLinear): void {
+    const data = layer.data as WasmLayerData;
+    if (data.released || this.disposed) return;
+    data.released = true;
+    for (const p of [data.w, data.s, data.table]) if (p) this.core.heap.release(p);
+  }
+
+  dispose(): void {
+    if (this.disposed) return;
+    this.disposed = true;
+    this.core.dispose();
+  }
+
+  private alive(): void {
+    if (this.disposed) throw new FluteError('E_BACKEND', 'wasm: backend was disposed');
+  }
+}
+
+/** Largest multiple of 32 that divides gp and is <= max (gp is a multiple of 32). */
+function activationBlock(gp: number, max: number): number {
+  for (let b = Math.min(gp, max); b >= CHUNK; b -= CHUNK) if (gp % b === 0) return b;
+  return CHUNK;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Self-check: each variant against the reference on small cases before first use
+
+/** Throws with a description of the first disagreement beyond the derived bounds. */
+function selfCheck(be: WasmBackend): void {
+  let seed = 12345;
+  const rand = () => ((seed = (Math.imul(seed, 1103515245) + 12345) >>> 0) / 2 ** 32);
+  const randn = (n: number) => Float32Array.from({ length: n }, () => (rand() + rand() + rand() - 1.5) * 2);
+  const u = 2 ** -24;
+  const quantized = (bits: number, n: number, k: number, g: number): QuantizedLinear => {
+    const G = Math.ceil(k / g);
+    const table = Float32Array.from({ length: 1 << bits }, (_, i) => Math.fround(i - (1 << (bits - 1)) + 0.37 * Math.sin(i)));
+    const idx = Array.from({ length: n * k }, () => Math.floor(rand() * (1 << bits)));
+    const rowBytes = Math.ceil((k * bits) / 8);
+    const packed = new Uint8Array(n * rowBytes);
+    for (let r = 0; r < n; r++) for (let c = 0; c < k; c++) {
+      const bit = c * bits;
+      const v = idx[r * k + c] << (bit & 7);
+      packed[r * rowBytes + (bit >> 3)] |= v & 0xff;
+      if ((bit & 7) + bits > 8) packed[r * rowBytes + (bit >> 3) + 1] |= v >> 8;
+    }
+    const scales = Float32Array.from({ length: n * G }, () => Math.fround(0.5 + rand()));
+    return { kind: 'quantized', n, k, bits, groupSize: g, tableKind: 'custom', table, scaleDtype: 'f32', scales, packed };
+  };
+  const cases: { layer: Linear; m: number; act: WasmActivations }[] = [];
+  for (const bits of [2, 3, 4]) {
+    for (const act of ['f32', 'int8'] as const) {
+      cases.push({ layer: quantized(bits, 9, 200, 64), m: 5, act });
+      cases.push({ layer: quantized(bits, 12, 96, 32), m: 1, act });
+    }
+  }
+  cases.push({ layer: quantized(5, 5, 70, 16), m: 2, act: 'f32' });
+  cases.push({ layer: { kind: 'dense', n: 7, k: 37, weight: randn(7 * 37) }, m: 5, act: 'f32' });
+  for (const { layer, m, act } of cases) {
+    const x = randn(m * layer.k);
+    const p = be.prepare(layer);
+    let y: Float32Array;
+    try {
+      y = be.matmul(p, x, m, undefined, { activations: act });
+    } finally {
+      be.release(p);
+    }
+    const w = layer.kind === 'dense' ? layer.weight : dequantize(layer);
+    const { n, k } = layer;
+    for (let i = 0; i < m; i++) for (let j = 0; j < n; j++) {
+      let ref = 0;
+      let mag = 0;
+      for (let c = 0; c < k; c++) {
+        ref += w[j * k + c] * x[i * k + c];
+        mag += Math.abs(w[j * k + c] * x[i * k + c]);
+      }
+      // exact paths: f32 summation bound; int8 path: a generous multiple of the codebook/activation steps
+      const tol = act === 'f32' || layer.kind === 'dense' ? (k + 8) * u * mag + u * Math.abs(ref) : 0.05 * mag;
+      const got = y[i * n + j];
+      if (!(Math.abs(got - ref) <= tol)) {
+        const what = layer.kind === 'dense' ? 'dense' : `b=${layer.bits},g=${layer.groupSize}`;
+        throw new Error(`${what} ${act} m=${m}: y[${i},${j}] = ${got.toPrecision(6)}, reference ${ref.toPrecision(6)}`);
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Creation
+
+/**
+ * Creates the wasm backend: detects SIMD128 / relaxed SIMD / threads, emits and compiles the kernels,
+ * starts the workers, self-checks the chosen variant (falling back from relaxed to SIMD128 when it
+ * disagrees with the reference) and reports what runs in info().variant.
+ */
+export async function createWasmBackend(opts: WasmBackendOptions = {}): Promise<WasmKernelBackend> {
+  const relaxedOpt = opts.relaxed ?? 'auto';
+  checkOption(relaxedOpt === 'auto' || typeof relaxedOpt === 'boolean', 'wasm relaxed', '"auto", true or false', relaxedOpt);
+  const activations = opts.activations ?? 'int8';
+  checkOption(activations === 'int8' || activations === 'f32', 'wasm activations', '"int8" or "f32"', activations);
+  const actBlockMax = opts.activationBlock ?? 128;
+  checkOption(Number.isInteger(actBlockMax) && actBlockMax >= CHUNK && actBlockMax <= 256 && actBlockMax % CHUNK === 0, 'wasm activationBlock', 'a multiple of 32 from 32 to 256', actBlockMax);
+  if (opts.threads !== undefined) checkOption(Number.isInteger(opts.threads) && opts.threads >= 1 && opts.threads <= 256, 'threads', 'an integer from 1 to 256', opts.threads);
+  if (opts.initialMemoryMiB !== undefined) checkOption(opts.initialMemoryMiB > 0 && opts.initialMemoryMiB <= 4096, 'wasm initialMemoryMiB', 'a number of MiB in (0, 4096]', opts.initialMemoryMiB);
+  if (opts.maxMemoryMiB !== undefined) checkOption(opts.maxMemoryMiB >= 16 && opts.maxMemoryMiB <= 4096, 'wasm maxMemoryMiB', 'a number of MiB in [16, 4096]', opts.maxMemoryMiB);
+
+  const caps = await wasmCapabilities();
+  if (!caps.simd) throw new FluteError('E_BACKEND', 'wasm: this runtime has no WebAssembly SIMD128 (needs Node >= 16.4, Chrome 91, Firefox 89, Safari 16.4)');
+  const notes: string[] = [];
+  let threads = opts.threads ?? caps.cores;
+  if (threads > 1 && !caps.threads) {
+    notes.push(`threads unavailable (${isNode ? 'no SharedArrayBuffer' : 'page is not cross-origin isolated'}), 1 thread`);
+    threads = 1;
+  }
+  const shared = caps.threads;
+
+  const variants: KernelVariant[] = [];
+  if (relaxedOpt !== false && caps.relaxed) variants.push({ relaxed: true, dot: 'fused' }, { relaxed: true, dot: 'split' });
+  else if (relaxedOpt === true) notes.push('relaxed SIMD requested but unavailable');
+  variants.push({ relaxed: false });
+
+  for (const v of variants) {
+    let core: Core | null = null;
+    try {
+      core = await Core.create(v, shared, opts);
+      const name = v.relaxed ? `SIMD128 + relaxed SIMD (${v.dot} dot${caps.relaxedViaFlag ? ', V8 flag' : ''})` : 'SIMD128';
+      const desc = `${name}, ${threads} thread${threads > 1 ? 's' : ''}, ${activations === 'int8' ? `int${v.relaxed ? 8 : 16} activations` : 'exact f32'} by default`;
+      const be = new WasmBackend(core, [desc, ...notes].join('; '), activations, actBlockMax);
+      selfCheck(be);
+      await core.startThreads(threads);
+      return be;
+    } catch (e) {
+      core?.dispose();
+      if (!v.relaxed || e instanceof FluteError) throw e instanceof FluteError ? e : new FluteError('E_BACKEND', `wasm: SIMD128 kernels failed their self-check: ${(e as Error).message}`, { cause: e });
+      notes.push(`relaxed SIMD with ${v.dot} dot failed its self-check (${(e as Error).message})`);
+    }
+  }
+  throw new FluteError('E_BACKEND', 'wasm: no kernel variant could be started');
+}

@@ -1,0 +1,435 @@
+// The wasm backend against the reference: exact f32 path (1e-5 relative and a per-element summation
+// bound), integer-activation path (a per-element bound derived from the codebook and activation
+// quantization steps), generic and dense kernels, identity round trips, threads, guards, bad inputs.
+import { test, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { FluteError } from '../src/errors.js';
+import { dequantize, groupsPerRow, type DenseLinear, type Linear, type QuantizedLinear } from '../src/quant/linear.js';
+import { packIndices } from '../src/quant/packing.js';
+import { buildTable } from '../src/quant/tables.js';
+import { quantizeRtn } from '../src/quant/rtn.js';
+import { createRefBackend } from '../src/kernels/ref/index.js';
+import type { KernelBackend } from '../src/kernels/types.js';
+import { createWasmBackend, packForWasm, wasmCapabilities, type WasmKernelBackend, type WasmMatmulOptions } from '../src/kernels/wasm/index.js';
+import { buildKernelModule } from '../src/kernels/wasm/codegen.js';
+import { buildCodebook, roundUp } from '../src/kernels/wasm/layout.js';
+import { identity, randInt, randn, relErr, rng } from './helpers.js';
+
+const U = 2 ** -24; // f32 unit roundoff
+const isCode = (code: string) => (e: unknown) => e instanceof FluteError && e.code === code;
+
+// ---------------------------------------------------------------------------------------------
+// Backends: one per (variant, threads); relaxed where the runtime has it, SIMD128 always
+
+const caps = await wasmCapabilities();
+const backends: { label: string; be: WasmKernelBackend }[] = [];
+for (const threads of [1, 2]) {
+  backends.push({ label: `simd128,threads=${threads}`, be: await createWasmBackend({ threads, relaxed: false }) });
+  if (caps.relaxed) {
+    const be = await createWasmBackend({ threads });
+    if (be.relaxed) backends.push({ label: `relaxed,threads=${threads}`, be });
+    else be.dispose();
+  }
+}
+const ref = createRefBackend();
+after(() => backends.forEach(({ be }) => be.dispose()));
+
+test('wasm: variants report what runs; relaxed SIMD is used where available', () => {
+  for (const { label, be } of backends) {
+    const v = be.info().variant;
+    assert.match(v, /thread/, label);
+    assert.equal(v.startsWith('SIMD128 + relaxed'), be.relaxed, `${label}: ${v}`);
+  }
+  assert.ok(backends.some((b) => b.be.threads === 2), 'a 2-thread backend started');
+  if (caps.relaxed) assert.ok(backends.some((b) => b.be.relaxed), 'relaxed SIMD passed its self-check in at least one form');
+});
+
+// ---------------------------------------------------------------------------------------------
+// Layers
+
+function randomLayer(r: () => number, bits: number, n: number, k: number, g: number, tableKind: 'nf' | 'int' | 'random'): QuantizedLinear {
+  const G = groupsPerRow(k, g);
+  const idx = Uint8Array.from({ length: n * k }, () => Math.floor(r() * 2 ** bits));
+  const table =
+    tableKind === 'random' ? Float32Array.from({ length: 2 ** bits }, () => Math.fround((r() - 0.3) * 3)) : buildTable(tableKind, bits);
+  // f16-like scales of both signs (the format allows negative scales)
+  const scales = Float32Array.from({ length: n * G }, () => Math.fround((r() < 0.2 ? -1 : 1) * (0.01 + r())));
+  return { kind: 'quantized', n, k, bits, groupSize: g, tableKind: tableKind === 'random' ? 'custom' : tableKind, table, scaleDtype: 'f32', scales, packed: packIndices(idx, n, k, bits) };
+}
+
+function gLabel(k: number, g: number): string {
+  return k % g !== 0 || g % 32 !== 0 ? `ragged${g}` : String(g);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bounds (derived here from the step sizes, independently of the backend's own self-check)
+
+/** Reference y (f64 sum over the reference's f32 weights) and sum |W x| per element. */
+function reference(w: Float32Array, x: Float32Array, m: number, n: number, k: number): { y: Float64Array; mag: Float64Array } {
+  const y = new Float64Array(m * n);
+  const mag = new Float64Array(m * n);
+  for (let i = 0; i < m; i++) for (let j = 0; j < n; j++) {
+    let s = 0;
+    let a = 0;
+    for (let c = 0; c < k; c++) {
+      const p = w[j * k + c] * x[i * k + c];
+      s += p;
+      a += Math.abs(p);
+    }
+    y[i * n + j] = s;
+    mag[i * n + j] = a;
+  }
+  return { y, mag };
+}
+
+/**
+ * Exact f32 path: each output is 4 lane sums of Kp/4 products (FMA or mul+add) plus a 2-level lane
+ * reduction, so |err| <= gamma_{Kp/4+3} sum|W x| (Higham 3.1); the generic and dense kernels sum
+ * sequentially: gamma_{K+2}. Plus the reference's own rounding to f32 (u |y|).
+ */
+function exactBound(layer: Linear, mag: number, y: number): number {
+  const terms = layer.kind === 'quantized' && layer.bits <= 4 && layer.groupSize >= 16 ? groupsPerRow(layer.k, layer.groupSize) * roundUp(layer.groupSize, 32) / 4 + 3 : layer.k + 2;
+  const gamma = (terms * U) / (1 - terms * U);
+  return gamma * mag + U * Math.abs(y) + 1e-30;
+}
+
+/**
+ * Integer-activation path. With T_j ~= t c_j (codebook, |T_j - t c_j| <= eT = t0/2) and x ~= d q
+ * per activation block (|x - d q| <= delta = amax (1/(2Q) + 4u), amax over the block, bounded here by
+ * the amax of the enclosing group), the kernel computes sum_k s_k t c_k d q_k exactly in integers
+ * per block and folds each block with f32 ops, so
+ *   |err| <= sum_k |s_k| (eT |x_k| + (|T_k| + eT) delta_k)                  table + activation steps
+ *          + (B + 6) u sum_k |s_k| (|T_k| + eT) (|x_k| + delta_k)           f32 folds over B blocks
+ *          + u sum|W x| + u |y|                                             the reference's roundings
+ * Relaxed: Q = 127, codes in [-64, 63]: t0 = max(max T/63, min T/-64). SIMD128: Q = 32767, codes in
+ * [-127, 127]: t0 = max|T|/127. (t0 is nudged up by 2^-20 relative in the codebook builder.)
+ */
+function intBounds(layer: QuantizedLinear, x: Float32Array, m: number, relaxed: boolean): Float64Array {
+  const { n, k, groupSize: g, table } = layer;
+  const Q = relaxed ? 127 : 32767;
+  let tmax = 0;
+  let tmin = 0;
+  for (const v of table) {
+    tmax = Math.max(tmax, v);
+    tmin = Math.min(tmin, v);
+  }
+  const t0 = (relaxed ? Math.max(tmax / 63, tmin / -64) : Math.max(tmax, -tmin) / 127) * (1 + 2 ** -19);
+  const eT = t0 / 2;
+  const G = groupsPerRow(k, g);
+  const B = (G * roundUp(g, 32)) / 32;
+  const idx = new Uint8Array(n * k);
+  const w = dequantize(layer);
+  // indices back from the canonical stream
+  for (let r = 0; r < n; r++) for (let c = 0; c < k; c++) {
+    const bit = c * layer.bits;
+    const rowBytes = Math.ceil((k * layer.bits) / 8);
+    const word = layer.packed[r * rowBytes + (bit >> 3)] | ((bit & 7) + layer.bits > 8 ? layer.packed[r * rowBytes + (bit >> 3) + 1] << 8 : 0);
+    idx[r * k + c] = (word >> (bit & 7)) & ((1 << layer.bits) - 1);
+  }
+  const delta = new Float64Array(m * G);
+  for (let i = 0; i < m; i++) for (let gi = 0; gi < G; gi++) {
+    let amax = 0;
+    for (let c = gi * g; c < Math.min(k, (gi + 1) * g); c++) amax = Math.max(amax, Math.abs(x[i * k + c]));
+    delta[i * G + gi] = amax * (1 / (2 * Q) + 4 * U);
+  }
+  const out = new Float64Array(m * n);
+  for (let i = 0; i < m; i++) for (let j = 0; j < n; j++) {
+    let steps = 0;
+    let folds = 0;
+    let y = 0;
+    let mag = 0;
+    for (let c = 0; c < k; c++) {
+      const s = Math.abs(layer.scales[j * G + Math.floor(c / g)]);
+      const t = Math.abs(table[idx[j * k + c]]);
+      const xv = Math.abs(x[i * k + c]);
+      const d = delta[i * G + Math.floor(c / g)];
+      steps += s * (eT * xv + (t + eT) * d);
+      folds += s * (t + eT) * (xv + d);
+      y += w[j * k + c] * x[i * k + c];
+      mag += Math.abs(w[j * k + c] * x[i * k + c]);
+    }
+    out[i * n + j] = steps + (B + 6) * U * folds + U * mag + U * Math.abs(y) + 1e-30;
+  }
+  return out;
+}
+
+/** Runs a matmul with guard regions around the output and checks they (and x) stay untouched. */
+function guardedMatmul(be: KernelBackend, layer: Linear, x: Float32Array, m: number, opts: WasmMatmulOptions, id: string): Float32Array {
+  const n = layer.n;
+  const guard = 37;
+  const buf = new Float32Array(m * n + 2 * guard).fill(-12345.5);
+  const out = buf.subarray(guard, guard + m * n);
+  const xCopy = Float32Array.from(x);
+  const p = be.prepare(layer);
+  try {
+    const y = be.matmul(p, x, m, out, opts);
+    assert.equal(y, out, `${id}: returns the given output`);
+  } finally {
+    be.release(p);
+  }
+  for (let i = 0; i < guard; i++) {
+    assert.equal(buf[i], -12345.5, `${id}: guard before the output overwritten at ${i}`);
+    assert.equal(buf[guard + m * n + i], -12345.5, `${id}: guard after the output overwritten at ${i}`);
+  }
+  assert.deepEqual(x, xCopy, `${id}: x modified`);
+  return Float32Array.from(out);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sweeps
+
+interface Case {
+  bits: number;
+  g: number;
+  n: number;
+  k: number;
+  m: number;
+  table: 'nf' | 'int' | 'random';
+}
+
+/** The sweep: every bit width, g = 32..256 and ragged/padded groups, odd N and K, M = 1..64. */
+function cases(seed: number): Case[] {
+  const r = rng(seed);
+  const ms = [1, 3, 17, 53, 64, 2, 4, 5, 8, 33];
+  const out: Case[] = [];
+  const shapes: [number, number][] = [
+    [32, 128], // g = 32
+    [64, 256], // g = 64
+    [128, 256], // g = 128
+    [256, 512], // g = 256
+    [64, 200], // ragged last group (200 = 3*64 + 8)
+    [37, 111], // g not a multiple of 32 (padded groups) and ragged
+    [20, 33], // g < 32 (padded), K odd
+    [256, 17], // K < g
+    [8, 40], // g < 16: generic path for every b
+    [128, 1], // K = 1
+  ];
+  let i = 0;
+  for (let bits = 1; bits <= 8; bits++) {
+    for (const [g, k] of shapes) {
+      const n = [1, 3, 17, 33, 129, 4, 96][randInt(r, 0, 6)];
+      const m = ms[i++ % ms.length];
+      out.push({ bits, g, n, k, m, table: (['nf', 'int', 'random'] as const)[i % 3] });
+    }
+  }
+  return out;
+}
+
+const caseId = (path: string, label: string, c: Case) =>
+  `wasm(path=${path},${label.replace(',threads', ',threads').split(',')[0]},bits=${c.bits},g=${gLabel(c.k, c.g)},m=${c.m},n=${c.n},k=${c.k},table=${c.table},threads=${label.split('=')[1]})`;
+
+test('wasm exact f32 path matches the reference: 1e-5 relative and the per-element summation bound', () => {
+  const r = rng(7);
+  for (const c of cases(1)) {
+    const layer = randomLayer(r, c.bits, c.n, c.k, c.g, c.table);
+    const x = randn(r, c.m * c.k);
+    const w = dequantize(layer);
+    const { y, mag } = reference(w, x, c.m, c.n, c.k);
+    const yRef = ref.matmul(ref.prepare(layer), x, c.m);
+    let first: Float32Array | null = null;
+    for (const { label, be } of backends) {
+      const id = caseId('f32', label, c);
+      const got = guardedMatmul(be, layer, x, c.m, { activations: 'f32' }, id);
+      assert.ok(relErr(got, yRef) <= 1e-5, `${id}: relative error ${relErr(got, yRef)} > 1e-5`);
+      for (let e = 0; e < got.length; e++) {
+        const tol = exactBound(layer, mag[e], y[e]);
+        if (!(Math.abs(got[e] - y[e]) <= tol)) assert.fail(`${id}: y[${Math.floor(e / c.n)},${e % c.n}] = ${got[e]}, reference ${y[e]}, bound ${tol}`);
+      }
+      // rows are independent: the thread count never changes a result; FMA vs mul+add may
+      if (first && !be.relaxed) assert.deepEqual(got, first, `${id}: differs from the 1-thread SIMD128 result`);
+      if (!first) first = got;
+    }
+  }
+});
+
+test('wasm integer-activation path stays within the derived quantization bound (b = 1..4, fast kernels)', () => {
+  const r = rng(11);
+  let tightest = 0; // max |err| / bound over all elements: how much of the bound is used
+  for (const c of cases(2)) {
+    if (c.bits > 4 || c.g < 16) continue; // those layers take the exact generic kernel
+    const layer = randomLayer(r, c.bits, c.n, c.k, c.g, c.table);
+    const x = randn(r, c.m * c.k);
+    const { y } = reference(dequantize(layer), x, c.m, c.n, c.k);
+    const bounds = { relaxed: intBounds(layer, x, c.m, true), simd: intBounds(layer, x, c.m, false) };
+    const firsts = new Map<boolean, Float32Array>();
+    for (const { label, be } of backends) {
+      const id = caseId('int8', label, c);
+      const got = guardedMatmul(be, layer, x, c.m, { activations: 'int8' }, id);
+      const bound = be.relaxed ? bounds.relaxed : bounds.simd;
+      for (let e = 0; e < got.length; e++) {
+        const err = Math.abs(got[e] - y[e]);
+        if (!(err <= bound[e])) assert.fail(`${id}: y[${Math.floor(e / c.n)},${e % c.n}] = ${got[e]}, reference ${y[e]}, bound ${bound[e]}`);
+        tightest = Math.max(tightest, err / bound[e]);
+      }
+      const first = firsts.get(be.relaxed);
+      if (first) assert.deepEqual(got, first, `${id}: the thread count changed the result`);
+      else firsts.set(be.relaxed, got);
+    }
+  }
+  // a bound that is never approached would hide nothing; errors do reach a fair part of it
+  assert.ok(tightest > 0.01, `errors used at most ${tightest} of the bound`);
+});
+
+test('wasm int8 path on realistic layers (RTN NF4/NF3/NF2, g=128): relative error well under the weight error', (t) => {
+  const r = rng(5);
+  const n = 64;
+  const k = 1024;
+  const wt = randn(r, n * k, 0.02);
+  const m = 4;
+  const x = randn(r, m * k);
+  for (const bits of [2, 3, 4]) {
+    const { layer, error } = quantizeRtn(wt, n, k, { bits, groupSize: 128, tableKind: 'nf' });
+    const { y, mag } = reference(dequantize(layer), x, m, n, k);
+    for (const { label, be } of backends) {
+      const id = `wasm(path=int8,${label.split(',')[0]},bits=${bits},g=128,m=${m},n=${n},k=${k},table=nf)`;
+      const got = guardedMatmul(be, layer, x, m, {}, id);
+      const rel = relErr(got, y);
+      // int8 activations: |x - dq| <= amax/254 per element, ~0.6% of amax relative RMS; int16: ~1e-5
+      assert.ok(rel < (be.relaxed ? 0.02 : 0.01), `${id}: relative error ${rel}`);
+      assert.ok(rel < error.relRmse / 4, `${id}: kernel error ${rel} not well below the quantization error ${error.relRmse}`);
+      const bound = intBounds(layer, x, m, be.relaxed);
+      for (let e = 0; e < got.length; e++) assert.ok(Math.abs(got[e] - y[e]) <= bound[e], `${id}: element ${e} beyond the bound`);
+      // The worst-case bound adds K error terms linearly while y grows like sqrt(K), so relative to |y|
+      // it is loose by ~sqrt(K). It is informative against sum|W x| (what bounds |y| itself): there
+      // it is about eT/mean|T| + 1/(2Q): under 10% for every NF table here (NF2: 0 and 0.34 are entries).
+      let worst = 0;
+      for (let e = 0; e < got.length; e++) worst = Math.max(worst, bound[e] / mag[e]);
+      assert.ok(worst < 0.1, `${id}: bound is ${worst} of sum|W x|`);
+      const boundRel = relErr(bound, new Float64Array(bound.length)) / relErr(y, new Float64Array(y.length));
+      t.diagnostic(`${id}: relative error ${rel.toExponential(2)}, bound/|y| ${boundRel.toExponential(2)}, weight quantization error ${error.relRmse.toExponential(2)}`);
+    }
+  }
+});
+
+test('wasm identity input returns dequantize() bit for bit (exact path, all bits, lut/generic kernels, threads)', () => {
+  const r = rng(3);
+  for (let bits = 1; bits <= 8; bits++) {
+    for (const [g, k] of [[64, 64], [32, 45], [16, 24], [8, 21]] as const) {
+      const n = randInt(r, 1, 13);
+      const layer = randomLayer(r, bits, n, k, g, (['nf', 'random', 'int'] as const)[bits % 3]);
+      const want = dequantize(layer); // [N, K]
+      for (const { label, be } of backends) {
+        const id = `wasm(path=f32,identity,bits=${bits},g=${g},n=${n},k=${k},${label})`;
+        const got = guardedMatmul(be, layer, identity(k), k, { activations: 'f32' }, id); // [K, N]
+        for (let c = 0; c < k; c++) for (let j = 0; j < n; j++) {
+          if (!Object.is(got[c * n + j], want[j * k + c])) assert.fail(`${id}: W[${j},${c}] = ${got[c * n + j]}, dequantize() ${want[j * k + c]}`);
+        }
+      }
+    }
+  }
+});
+
+test('wasm layout round trip through the kernel: table[i] = i, unit scales, identity input gives the indices back', () => {
+  const r = rng(9);
+  for (let bits = 1; bits <= 8; bits++) {
+    const n = 6;
+    const k = 70;
+    const g = bits % 2 ? 32 : 64;
+    const idx = Uint8Array.from({ length: n * k }, () => Math.floor(r() * 2 ** bits));
+    const layer: QuantizedLinear = {
+      kind: 'quantized', n, k, bits, groupSize: g, tableKind: 'custom',
+      table: Float32Array.from({ length: 2 ** bits }, (_, i) => i),
+      scaleDtype: 'f32', scales: new Float32Array(n * groupsPerRow(k, g)).fill(1), packed: packIndices(idx, n, k, bits),
+    };
+    const lay = packForWasm(layer);
+    assert.equal(lay.kind, bits <= 4 ? 'lut' : 'generic', `bits=${bits}`);
+    for (const { label, be } of backends) {
+      const got = guardedMatmul(be, layer, identity(k), k, { activations: 'f32' }, `roundtrip(bits=${bits},${label})`);
+      for (let c = 0; c < k; c++) for (let j = 0; j < n; j++) assert.equal(got[c * n + j], idx[j * k + c], `roundtrip(bits=${bits},${label}): index (${j},${c})`);
+    }
+  }
+});
+
+test('wasm dense kernel matches the reference (f32 summation bound), M = 1..64, odd shapes', () => {
+  const r = rng(13);
+  for (const [n, k, m] of [[1, 1, 1], [3, 17, 3], [33, 129, 17], [17, 33, 53], [96, 200, 64], [5, 7, 2]] as const) {
+    const layer: DenseLinear = { kind: 'dense', n, k, weight: randn(r, n * k) };
+    const x = randn(r, m * k);
+    const { y, mag } = reference(layer.weight, x, m, n, k);
+    for (const { label, be } of backends) {
+      const id = `wasm(path=dense,m=${m},n=${n},k=${k},${label})`;
+      const got = guardedMatmul(be, layer, x, m, {}, id);
+      for (let e = 0; e < got.length; e++) assert.ok(Math.abs(got[e] - y[e]) <= exactBound(layer, mag[e], y[e]), `${id}: element ${e}: ${got[e]} vs ${y[e]}`);
+      assert.ok(relErr(got, y) <= 1e-5, `${id}: relative error`);
+    }
+  }
+});
+
+test('wasm codebooks: integer tables are exact, others within t0/2', () => {
+  for (let bits = 1; bits <= 4; bits++) {
+    const cb = buildCodebook(Float32Array.from({ length: 16 }, (_, i) => (i < 2 ** bits ? i - 2 ** (bits - 1) : 0)), -64, 63);
+    assert.equal(cb.maxError, 0, `int${bits}`);
+    assert.equal(cb.scale, 1);
+  }
+  const nf4 = buildTable('nf', 4);
+  for (const [lo, hi] of [[-64, 63], [-127, 127]] as const) {
+    const cb = buildCodebook(nf4, lo, hi);
+    const t0 = Math.max(1 / hi, -1 / lo) * (1 + 2 ** -19);
+    assert.ok(cb.maxError <= t0 / 2, `nf4 [${lo},${hi}]: ${cb.maxError} > ${t0 / 2}`);
+    nf4.forEach((v, j) => assert.ok(Math.abs(v - cb.scale * cb.codes[j]) <= cb.maxError + 1e-12));
+  }
+});
+
+test('wasm emitted modules validate (every variant, shared and unshared memory)', () => {
+  for (const shared of [true, false]) {
+    assert.ok(WebAssembly.validate(buildKernelModule({ relaxed: false }, shared)), `simd128 shared=${shared}`);
+    if (caps.relaxed) {
+      for (const dot of ['fused', 'split'] as const) assert.ok(WebAssembly.validate(buildKernelModule({ relaxed: true, dot }, shared)), `relaxed ${dot} shared=${shared}`);
+    }
+  }
+});
+
+test('wasm bad inputs: wrong x length, M, output size, foreign or released layers, options', async () => {
+  const { be } = backends[0];
+  const layer = randomLayer(rng(1), 4, 8, 64, 32, 'nf');
+  const p = be.prepare(layer);
+  assert.throws(() => be.matmul(p, new Float32Array(63), 1), isCode('E_SHAPE'));
+  assert.throws(() => be.matmul(p, new Float32Array(64 * 2 + 1), 2), isCode('E_SHAPE'));
+  assert.throws(() => be.matmul(p, new Float32Array(64), 0), isCode('E_SHAPE'));
+  assert.throws(() => be.matmul(p, new Float32Array(128), 2, new Float32Array(15)), isCode('E_SHAPE'));
+  assert.throws(() => be.matmul(p, new Float32Array(64), 1, undefined, { computeType: 'f16' }), isCode('E_OPTION'));
+  assert.throws(() => be.matmul(p, new Float32Array(64), 1, undefined, { activations: 'i4' as never }), isCode('E_OPTION'));
+  assert.throws(() => be.matmul(ref.prepare(layer), new Float32Array(64), 1), isCode('E_BACKEND'));
+  be.release(p);
+  assert.throws(() => be.matmul(p, new Float32Array(64), 1), isCode('E_BACKEND'));
+  await assert.rejects(createWasmBackend({ threads: 0 }), isCode('E_OPTION'));
+  await assert.rejects(createWasmBackend({ threads: 1.5 }), isCode('E_OPTION'));
+  await assert.rejects(createWasmBackend({ activations: 'f16' as never }), isCode('E_OPTION'));
+  await assert.rejects(createWasmBackend({ activationBlock: 48 }), isCode('E_OPTION'));
+});
+
+test('wasm memory: layers too big for the cap are refused up front; release reuses space; growth keeps old layers valid', async () => {
+  const small = await createWasmBackend({ threads: 1, maxMemoryMiB: 16, initialMemoryMiB: 1 });
+  try {
+    const big: DenseLinear = { kind: 'dense', n: 1100, k: 4000, weight: new Float32Array(1100 * 4000) }; // 17.6 MB
+    assert.match(small.unsupported(big) ?? '', /MiB/);
+    assert.throws(() => small.prepare(big), isCode('E_BACKEND'));
+    const r = rng(2);
+    const a = randomLayer(r, 3, 40, 300, 64, 'nf');
+    const x = randn(r, 2 * 300);
+    const pa = small.prepare(a);
+    const before = small.matmul(pa, x, 2);
+    // fill and free repeatedly: space is reused, so this never exceeds the 16 MiB cap
+    for (let i = 0; i < 20; i++) {
+      const pb = small.prepare({ kind: 'dense', n: 500, k: 2000, weight: new Float32Array(500 * 2000) }); // 4 MB
+      small.release(pb);
+    }
+    assert.deepEqual(small.matmul(pa, x, 2), before, 'layer still valid after growth and reuse');
+  } finally {
+    small.dispose();
+  }
+  assert.throws(() => small.prepare(randomLayer(rng(1), 4, 4, 32, 32, 'nf')), isCode('E_BACKEND'));
+});
+
+test('wasm threads: larger GEMV/GEMM results do not depend on the thread count', () => {
+  const r = rng(21);
+  const layer = randomLayer(r, 4, 300, 512, 128, 'nf');
+  const one = backends.filter((b) => !b.be.relaxed);
+  for (const m of [1, 7]) {
+    const x = randn(r, m * 512);
+    for (const act of ['int8', 'f32'] as const) {
+      const ys = one.map(({ be }) => guardedMatmul(be, layer, x, m, { activations: act }, `wasm(threads,m=${m},${act})`));
+      assert.deepEqual(ys[0], ys[1], `wasm(path=${act},bits=4,g=128,m=${m},n=300,k=512): 1 vs 2 threads`);
+    }
+  }
+});
