@@ -16,6 +16,9 @@ export interface TensorInfo {
   /** Absolute byte offset of the data in the file. */
   readonly offset: number;
   readonly byteLength: number;
+  /** How the bytes are stored when that is not `dtype` itself: a GGUF block type ("Q4_0", "IQ4_NL",
+   * "Q8_0"...) whose readF32 dequantizes; `dtype` then says what readF32 yields. */
+  readonly storage?: string;
 }
 
 export interface TensorReader {

@@ -9,7 +9,7 @@ import { writeSafetensors, type SafetensorsEntry } from '../format/safetensors.j
 import { numel } from '../format/tensors.js';
 import type { OpenedModel } from '../model/open.js';
 import { groupsPerRow, type QuantizedLinear } from './linear.js';
-import { quantizeRtn, type QuantizeError, type QuantizeOptions } from './rtn.js';
+import { quantizeRtn, quantizeWithScales, type QuantizeError, type QuantizeOptions } from './rtn.js';
 import { buildTable, TABLE_KINDS } from './tables.js';
 
 /** The linear layers FLUTE quantizes: every projection inside the decoder blocks. */
@@ -20,6 +20,8 @@ export interface QuantizeModelOptions extends QuantizeOptions {
   readonly quantizeOutput?: boolean;
   readonly onProgress?: (done: number, total: number, tensor: string) => void;
   readonly signal?: AbortSignal;
+  /** Given scales [N, ceil(K/g)] for a weight (by name) replace RTN's absmax ones; NFL's hook (quant/nfl.ts). */
+  readonly scalesFor?: (weightName: string) => ArrayLike<number> | undefined;
 }
 
 export interface LayerReport {
@@ -94,7 +96,10 @@ export async function quantizeModel(src: OpenedModel, outPath: string, opts: Qua
     entries.push(...quantizedLayerEntries(base, meta, async (): Promise<QuantizedLinear> => {
       if (opts.signal?.aborted) throw new FluteError('E_ABORTED', `quantize: aborted before ${p.name}`);
       const w = await src.tensors.readF32(p.from);
-      const { layer, error } = quantizeRtn(w, n, k, opts, `${src.file}: ${p.from}`);
+      const given = opts.scalesFor?.(p.name);
+      const { layer, error } = given
+        ? quantizeWithScales(w, n, k, given, opts, `${src.file}: ${p.from}`)
+        : quantizeRtn(w, n, k, opts, `${src.file}: ${p.from}`);
       layers.push({ name: p.name, shape: [n, k], error });
       opts.onProgress?.(++done, quantized.length, p.name);
       return layer;

@@ -127,3 +127,58 @@ export function quantizeRtn(
   const mse = sqErr / (n * k);
   return { layer, error: { mse, maxAbs, relRmse: sqW > 0 ? Math.sqrt(sqErr / sqW) : 0 } };
 }
+
+/**
+ * Quantizes weight [N, K] with given per-group scales [N, ceil(K/g)] instead of absmax ones (NFL's
+ * learned scales): each scale is rounded to scaleDtype, then each weight takes the index of the table
+ * entry nearest w / s (ties low, as in RTN; a zero scale takes the entry nearest 0).
+ */
+export function quantizeWithScales(
+  weight: Float32Array,
+  n: number,
+  k: number,
+  givenScales: ArrayLike<number>,
+  opts: QuantizeOptions,
+  name = 'weight',
+): { layer: QuantizedLinear; error: QuantizeError } {
+  const { bits, groupSize } = opts;
+  const scaleDtype = opts.scaleDtype ?? 'f16';
+  if (!Number.isInteger(groupSize) || groupSize < 1) {
+    throw new FluteError('E_OPTION', `group size: expected a positive integer, got ${groupSize}`);
+  }
+  if (weight.length !== n * k) throw new FluteError('E_SHAPE', `${name}: expected ${n}x${k} = ${n * k} values, got ${weight.length}`);
+  const groups = groupsPerRow(k, groupSize);
+  if (givenScales.length !== n * groups) {
+    throw new FluteError('E_SHAPE', `${name}: scales: expected ${n}x${groups} = ${n * groups} values, got ${givenScales.length}`);
+  }
+  const table = buildTable(opts.tableKind, bits, opts.tableValues, `${name}: table`);
+  const nearest = new NearestEntry(table);
+  const zeroIdx = nearest.find(0);
+  const scales = new Float32Array(n * groups); // [N, G]
+  const indices = new Uint8Array(n * k); // [N, K]
+  let sqErr = 0;
+  let sqW = 0;
+  let maxAbs = 0;
+  for (let r = 0; r < n; r++) {
+    for (let gi = 0; gi < groups; gi++) {
+      const raw = givenScales[r * groups + gi];
+      const s = scaleDtype === 'f16' ? roundToF16(raw) : Math.fround(raw);
+      if (!Number.isFinite(s)) throw new FluteError('E_NONFINITE', `${name}: row ${r}, group ${gi}: scale ${raw} is not finite in ${scaleDtype}`);
+      scales[r * groups + gi] = s;
+      const end = r * k + Math.min(k, (gi + 1) * groupSize);
+      for (let i = r * k + gi * groupSize; i < end; i++) {
+        const w = weight[i];
+        if (!Number.isFinite(w)) throw new FluteError('E_NONFINITE', `${name}: weight at row ${r}, column ${i - r * k} is ${w}; expected finite values`);
+        const q = s === 0 ? zeroIdx : nearest.find(w / s);
+        indices[i] = q;
+        const e = Math.fround(table[q] * s) - w;
+        sqErr += e * e;
+        sqW += w * w;
+        if (Math.abs(e) > maxAbs) maxAbs = Math.abs(e);
+      }
+    }
+  }
+  const packed = packIndices(indices, n, k, bits, `${name}: indices`);
+  const layer: QuantizedLinear = { kind: 'quantized', n, k, bits, groupSize, tableKind: opts.tableKind, table, scaleDtype, scales, packed };
+  return { layer, error: { mse: sqErr / (n * k), maxAbs, relRmse: sqW > 0 ? Math.sqrt(sqErr / sqW) : 0 } };
+}

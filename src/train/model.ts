@@ -125,7 +125,6 @@ export class TrainingLlama {
   private readonly dGate: F64; // [maxT, hiddenDim]
   private readonly dUp: F64; // [maxT, hiddenDim]
   private readonly dLogits: F64; // [maxT, vocab]
-  private readonly dAttRow: F64; // [maxT]
 
   constructor(readonly config: LlamaConfig, readonly weights: TrainWeights, maxT: number) {
     const c = config;
@@ -158,7 +157,6 @@ export class TrainingLlama {
     this.dGate = f(maxT * c.hiddenDim);
     this.dUp = f(maxT * c.hiddenDim);
     this.dLogits = f(maxT * c.vocabSize);
-    this.dAttRow = f(maxT);
   }
 
   // ---------------------------------------------------------------- forward
@@ -262,7 +260,7 @@ export class TrainingLlama {
       zero(this.dq, T * qDim);
       zero(this.dk, T * kvDim);
       zero(this.dv, T * kvDim);
-      attentionBackward(this.dq, this.dk, this.dv, this.dAttOut, a.att, a.q, a.k, a.v, shape, this.dAttRow);
+      attentionBackward(this.dq, this.dk, this.dv, this.dAttOut, a.att, a.q, a.k, a.v, shape);
       ropeBackward(this.dq, T, nHeads, headDim, interleaved, this.rope);
       ropeBackward(this.dk, T, nKvHeads, headDim, interleaved, this.rope);
       zero(this.dxb, T * dim);
