@@ -6,7 +6,7 @@ import { FluteError } from '../src/errors.js';
 import type { DenseLinear, QuantizedLinear } from '../src/quant/linear.js';
 import { buildTable } from '../src/quant/tables.js';
 import type { PreparedLinear } from '../src/kernels/types.js';
-import { createWasmBackend, type WasmActivations, type WasmKernelBackend, type WasmMatmulOptions } from '../src/kernels/wasm/index.js';
+import { createWasmBackend, type WasmActivations, type WasmMatmulOptions } from '../src/kernels/wasm/index.js';
 
 export type BenchBackend = 'wasm';
 
@@ -19,7 +19,7 @@ export interface KernelBenchOptions {
   readonly threads: readonly number[];
   /** Activation path of the LUT kernels (default: the backend's default, int8). */
   readonly activations?: WasmActivations;
-  /** Timed repetitions per case (median reported); default 7, fewer when a case is slow (see maxCaseMs). */
+  /** Timed rounds per case (median reported); default 9, fewer when a case is slow (see maxCaseMs). */
   readonly reps?: number;
   /** Time budget per case in ms; repetitions stop early (at least 3) once it is spent. Default 1500. */
   readonly maxCaseMs?: number;
@@ -38,7 +38,7 @@ export interface KernelBenchRow {
   readonly threads: number;
   readonly ms: number; // median time of one matmul
   readonly weightGBps: number; // (packed index bytes + scale bytes the kernel reads) / ms
-  readonly speedupVsDense: number; // denseMs / ms
+  readonly speedupVsDense: number; // median over rounds of dense time / this time (round-robin timing)
   readonly denseMs: number; // the dense f32 kernel, same N, K, m, threads, measured in this run
   readonly variant: string; // what ran, from the backend's info()
 }
@@ -93,21 +93,37 @@ function median(v: number[]): number {
 }
 
 /**
- * Warm-up: at least 2 runs and 150 ms, so V8 has tiered the kernel up from Liftoff to TurboFan (its
- * background compile needs a moment after the first hot call); then up to `reps` timed runs within budget.
+ * Warm-up so V8 has tiered the kernels up from Liftoff to TurboFan: run each for 150 ms, then pause so
+ * the background compiler gets a core (on a small machine it competes with the benchmark), run again.
  */
-function timeMatmul(be: WasmKernelBackend, p: PreparedLinear, x: Float32Array, m: number, out: Float32Array, opts: WasmMatmulOptions, reps: number, budgetMs: number): number {
-  const w0 = performance.now();
-  for (let i = 0; i < 2 || performance.now() - w0 < 150; i++) be.matmul(p, x, m, out, opts);
-  const times: number[] = [];
-  const start = performance.now();
-  for (let i = 0; i < reps; i++) {
-    const t0 = performance.now();
-    be.matmul(p, x, m, out, opts);
-    times.push(performance.now() - t0);
-    if (i >= 2 && performance.now() - start > budgetMs) break;
+async function warm(runs: (() => void)[]): Promise<void> {
+  for (let pass = 0; pass < 2; pass++) {
+    for (const run of runs) {
+      const t0 = performance.now();
+      for (let i = 0; i < 2 || performance.now() - t0 < 150; i++) run();
+    }
+    await new Promise((r) => setTimeout(r, 100));
   }
-  return median(times);
+}
+
+/**
+ * Times several kernels round-robin (one run of each per round), so a slow spell of a shared machine
+ * hits all of them alike; per kernel the median time and the median of its per-round ratio to the
+ * first kernel (the dense baseline). Stops after `reps` rounds, or after 3 once the budget is spent.
+ */
+async function timeRoundRobin(runs: (() => void)[], reps: number, budgetMs: number): Promise<{ ms: number; ratio: number }[]> {
+  await warm(runs);
+  const times = runs.map(() => [] as number[]);
+  const start = performance.now();
+  for (let r = 0; r < reps; r++) {
+    runs.forEach((run, i) => {
+      const t0 = performance.now();
+      run();
+      times[i].push(performance.now() - t0);
+    });
+    if (r >= 2 && performance.now() - start > budgetMs) break;
+  }
+  return times.map((t) => ({ ms: median(t), ratio: median(t.map((v, r) => times[0][r] / v)) }));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -116,7 +132,7 @@ function timeMatmul(be: WasmKernelBackend, p: PreparedLinear, x: Float32Array, m
 export async function runKernelBench(opts: KernelBenchOptions): Promise<KernelBenchRow[]> {
   if (opts.backend !== 'wasm') throw new FluteError('E_OPTION', `bench kernels --backend: expected "wasm", got ${JSON.stringify(opts.backend)}`);
   const log = opts.log ?? (() => {});
-  const reps = opts.reps ?? 7;
+  const reps = opts.reps ?? 9;
   const budget = opts.maxCaseMs ?? 1500;
   const mx = Math.max(...opts.m);
   const rows: KernelBenchRow[] = [];
@@ -132,44 +148,36 @@ export async function runKernelBench(opts: KernelBenchOptions): Promise<KernelBe
         const r = lcg(n * 31 + k);
         for (let i = 0; i < x.length; i++) x[i] = r() * 2 - 1;
         const out = new Float32Array(mx * n);
-        const xm = (m: number) => x.subarray(0, m * k);
-        const om = (m: number) => out.subarray(0, m * n);
-
-        // the dense baseline, same threads, each M
-        const denseMs = new Map<number, number>();
-        {
-          const p = be.prepare(randomDense(n, k, 7));
-          try {
-            for (const m of opts.m) {
-              denseMs.set(m, timeMatmul(be, p, xm(m), m, om(m), {}, reps, budget));
-              log(`  dense ${n}x${k} m=${m} threads=${threads}: ${denseMs.get(m)!.toFixed(3)} ms`);
-            }
-          } finally {
-            be.release(p);
+        // the dense baseline and every LUT variant of this shape, prepared side by side
+        const shapeRows: KernelBenchRow[] = [];
+        const dense = be.prepare(randomDense(n, k, 7));
+        const luts: { bits: number; g: number; p: PreparedLinear }[] = [];
+        try {
+          for (const bits of opts.bits) for (const g of opts.groupSizes) luts.push({ bits, g, p: be.prepare(randomQuantized(n, k, bits, g, bits * 1000 + g)) });
+          for (const m of opts.m) {
+            const xm = x.subarray(0, m * k);
+            const om = out.subarray(0, m * n);
+            const runs = [() => void be.matmul(dense, xm, m, om), ...luts.map(({ p }) => () => void be.matmul(p, xm, m, om, act))];
+            const [dense0, ...lutT] = await timeRoundRobin(runs, reps, budget * runs.length);
+            const denseMs = dense0.ms;
+            log(`  dense ${n}x${k} m=${m} threads=${threads}: ${denseMs.toFixed(3)} ms`);
+            luts.forEach(({ bits, g, p }, i) => {
+              const ms = lutT[i].ms;
+              // bytes the kernel streams: restructured indices + f32 scales (+ the 96-byte table)
+              const row: KernelBenchRow = {
+                backend: 'wasm', N: n, K: k, m, bits, groupSize: g, threads, ms: round(ms, 4),
+                weightGBps: round(p.bytes / (ms * 1e6), 3), speedupVsDense: round(lutT[i].ratio, 3), denseMs: round(denseMs, 4), variant,
+              };
+              shapeRows.push(row);
+              log(`  lut ${n}x${k} b=${bits} g=${g} m=${m} threads=${threads}: ${ms.toFixed(3)} ms, ${row.weightGBps.toFixed(2)} GB/s, ${row.speedupVsDense.toFixed(2)}x dense`);
+            });
           }
+        } finally {
+          be.release(dense);
+          for (const { p } of luts) be.release(p);
         }
-        for (const bits of opts.bits) {
-          for (const g of opts.groupSizes) {
-            const layer = randomQuantized(n, k, bits, g, bits * 1000 + g);
-            const p = be.prepare(layer);
-            // bytes the kernel streams: restructured indices + f32 scales (the table is 96 bytes)
-            const streamed = p.bytes;
-            try {
-              for (const m of opts.m) {
-                const ms = timeMatmul(be, p, xm(m), m, om(m), act, reps, budget);
-                const d = denseMs.get(m)!;
-                const row: KernelBenchRow = {
-                  backend: 'wasm', N: n, K: k, m, bits, groupSize: g, threads, ms: round(ms, 4),
-                  weightGBps: round(streamed / (ms * 1e6), 3), speedupVsDense: round(d / ms, 3), denseMs: round(d, 4), variant,
-                };
-                rows.push(row);
-                log(`  lut ${n}x${k} b=${bits} g=${g} m=${m} threads=${threads}: ${ms.toFixed(3)} ms, ${row.weightGBps.toFixed(2)} GB/s, ${row.speedupVsDense.toFixed(2)}x dense`);
-              }
-            } finally {
-              be.release(p);
-            }
-          }
-        }
+        // measured m-major (round-robin per m); reported bits-major, as in the table
+        rows.push(...shapeRows.sort((a, b) => a.bits - b.bits || a.groupSize - b.groupSize || a.m - b.m));
       }
     } finally {
       be.dispose();

@@ -57,7 +57,11 @@ test('quantize, inspect, run and eval a checkpoint', () => {
   assert.equal(q.code, 0, q.stderr);
   const report = JSON.parse(q.stdout);
   assert.equal(report.layers.length, 35); // 5 layers x 7 projections
-  assert.ok(report.bitsPerWeight > 3 && report.bitsPerWeight < 3.5, String(report.bitsPerWeight));
+  // Per layer: 3 bits per weight, one f16 scale per (row, group of 48), one 8-entry f32 table.
+  const shapes = [[64, 64], [32, 64], [32, 64], [64, 64], [172, 64], [64, 172], [172, 64]];
+  const bitsOf = ([n, k]: number[]) => n * k * 3 + n * Math.ceil(k / 48) * 16 + 8 * 32;
+  const want = shapes.reduce((a, s) => a + bitsOf(s), 0) / shapes.reduce((a, [n, k]) => a + n * k, 0);
+  assert.ok(Math.abs(report.bitsPerWeight - want) < 1e-12, `${report.bitsPerWeight} vs ${want}`);
   assert.ok(report.worst.error.relRmse > 0 && report.worst.error.relRmse < 0.5);
   assert.ok(report.peakRssBytes > 0);
 

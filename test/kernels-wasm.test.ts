@@ -12,7 +12,7 @@ import { createRefBackend } from '../src/kernels/ref/index.js';
 import type { KernelBackend } from '../src/kernels/types.js';
 import { createWasmBackend, packForWasm, wasmCapabilities, type WasmKernelBackend, type WasmMatmulOptions } from '../src/kernels/wasm/index.js';
 import { buildKernelModule } from '../src/kernels/wasm/codegen.js';
-import { buildCodebook, roundUp } from '../src/kernels/wasm/layout.js';
+import { buildCodebook, quantizeActivations, roundUp, tileF32, type ActGeometry } from '../src/kernels/wasm/layout.js';
 import { identity, randInt, randn, relErr, rng } from './helpers.js';
 
 const U = 2 ** -24; // f32 unit roundoff
@@ -83,12 +83,14 @@ function reference(w: Float32Array, x: Float32Array, m: number, n: number, k: nu
 }
 
 /**
- * Exact f32 path: each output is 4 lane sums of Kp/4 products (FMA or mul+add) plus a 2-level lane
- * reduction, so |err| <= gamma_{Kp/4+3} sum|W x| (Higham 3.1); the generic and dense kernels sum
- * sequentially: gamma_{K+2}. Plus the reference's own rounding to f32 (u |y|).
+ * Exact f32 paths (lut exact, generic, dense): each output is a sequential f32 sum of its K products
+ * (Kp with zero padding; split in 2-4 interleaved chains at small M, added at the end), FMA or
+ * mul+add, so |err| <= gamma_{Kp+2} sum|W x| (Higham, Lemma 3.1/Eq. 3.5) with the reference's own
+ * weights W = fl(T s); plus the reference's rounding of its f64 sum to f32 (u |y|).
  */
 function exactBound(layer: Linear, mag: number, y: number): number {
-  const terms = layer.kind === 'quantized' && layer.bits <= 4 && layer.groupSize >= 16 ? groupsPerRow(layer.k, layer.groupSize) * roundUp(layer.groupSize, 32) / 4 + 3 : layer.k + 2;
+  const kp = layer.kind === 'quantized' && layer.bits <= 4 && layer.groupSize >= 16 ? groupsPerRow(layer.k, layer.groupSize) * roundUp(layer.groupSize, 32) : layer.k;
+  const terms = kp + 2;
   const gamma = (terms * U) / (1 - terms * U);
   return gamma * mag + U * Math.abs(y) + 1e-30;
 }
@@ -215,8 +217,9 @@ function cases(seed: number): Case[] {
   return out;
 }
 
+/** e.g. wasm(path=int8,variant=relaxed,bits=3,g=ragged37,m=17,n=96,k=111,table=nf,threads=2) */
 const caseId = (path: string, label: string, c: Case) =>
-  `wasm(path=${path},${label.replace(',threads', ',threads').split(',')[0]},bits=${c.bits},g=${gLabel(c.k, c.g)},m=${c.m},n=${c.n},k=${c.k},table=${c.table},threads=${label.split('=')[1]})`;
+  `wasm(path=${path},variant=${label.split(',')[0]},bits=${c.bits},g=${gLabel(c.k, c.g)},m=${c.m},n=${c.n},k=${c.k},table=${c.table},threads=${label.split('=')[1]})`;
 
 test('wasm exact f32 path matches the reference: 1e-5 relative and the per-element summation bound', () => {
   const r = rng(7);
@@ -430,6 +433,44 @@ test('wasm threads: larger GEMV/GEMM results do not depend on the thread count',
     for (const act of ['int8', 'f32'] as const) {
       const ys = one.map(({ be }) => guardedMatmul(be, layer, x, m, { activations: act }, `wasm(threads,m=${m},${act})`));
       assert.deepEqual(ys[0], ys[1], `wasm(path=${act},bits=4,g=128,m=${m},n=300,k=512): 1 vs 2 threads`);
+    }
+  }
+});
+
+test('wasm activation preparation (act_quant8/16, act_tile_f32) matches its JS specification in layout.ts', async () => {
+  const memory = new WebAssembly.Memory({ initial: 64, maximum: 64 });
+  const inst = await WebAssembly.instantiate(await WebAssembly.compile(buildKernelModule({ relaxed: false }, false)), { env: { memory } });
+  const ex = inst.exports as unknown as {
+    act_quant8(...a: number[]): void;
+    act_quant16(...a: number[]): void;
+    act_tile_f32(...a: number[]): void;
+  };
+  const r = rng(31);
+  for (const [m, k, g, block, tile] of [[1, 256, 128, 128, 4], [7, 200, 64, 32, 4], [5, 111, 37, 64, 2], [3, 33, 20, 32, 1], [9, 512, 256, 128, 4]] as const) {
+    const gp = roundUp(g, 32);
+    const a: ActGeometry = { m, k, groupSize: g, paddedGroup: gp, groups: groupsPerRow(k, g), tile };
+    const kp = a.groups * gp;
+    const x = randn(r, m * k);
+    for (let i = 0; i < x.length; i += 7) x[i] = Math.round(x[i] * 4) / 4; // exact halves: ties to even
+    const rows = new Float32Array(m * kp);
+    tileF32({ ...a, tile: 1 }, x, rows); // padded rows = tiles of one row
+    const src = 1024;
+    new Float32Array(memory.buffer, src, m * kp).set(rows);
+    const id = `act(m=${m},k=${k},g=${g},block=${block},tile=${tile})`;
+    const wantF = new Float32Array(m * kp);
+    tileF32(a, x, wantF);
+    ex.act_tile_f32(src, m, kp, tile, 1 << 20);
+    assert.deepEqual(new Float32Array(memory.buffer, 1 << 20, m * kp), wantF, `${id}: f32 tiles`);
+    for (const wide of [false, true]) {
+      const qmax = wide ? 32767 : 127;
+      const nb = kp / block;
+      const wantQ = wide ? new Int16Array(m * kp) : new Int8Array(m * kp);
+      const wantP = new Int32Array(nb * m * 2);
+      quantizeActivations(a, x, block, qmax, Math.fround(0.37), wide ? 0 : 64, wantQ, wantP);
+      (wide ? ex.act_quant16 : ex.act_quant8)(src, m, kp, block, tile, 1 << 20, 2 << 20, qmax, 0.37, wide ? 0 : 64);
+      const gotQ = wide ? new Int16Array(memory.buffer, 1 << 20, m * kp) : new Int8Array(memory.buffer, 1 << 20, m * kp);
+      assert.deepEqual(gotQ, wantQ, `${id}: int${wide ? 16 : 8} tiles`);
+      assert.deepEqual(new Int32Array(memory.buffer, 2 << 20, nb * m * 2), wantP, `${id}: block params`);
     }
   }
 });

@@ -15,7 +15,7 @@ const DEFAULTS = {
   bits: [2, 3, 4],
   groupSize: [128],
   threads: [1, 2],
-  reps: 7, // timed repetitions per case, median reported
+  reps: 9, // timed round-robin rounds per case (dense and each LUT once per round), median reported
   maxCaseMs: 1500, // per-case time budget: slow cases stop after 3 repetitions
 };
 
@@ -24,7 +24,9 @@ const HELP = `Usage: flute bench kernels [--backend wasm] [--shape NxK ...] [--m
                           [--reps N] [--json] [--out FILE] [--update-md BENCHMARKS.md]
 
 Times the LUT matmul kernels against the same backend's dense f32 kernel (same shape, M and threads,
-measured in the same run): median of several repetitions after a warm-up.
+measured round-robin in the same run): median of several rounds after a warm-up. weight GB/s counts
+the bytes the kernel streams (restructured indices + f32 scales); the speed-up is the median of the
+per-round dense/LUT time ratios.
 
   --backend       kernel backend (wasm)
   --shape NxK     output x input features, repeatable (default: LLaMA-3-8B's 4096x4096, 1024x4096,
@@ -34,7 +36,7 @@ measured in the same run): median of several repetitions after a warm-up.
   --group-size    group sizes, comma list (default 128)
   --threads       thread counts, comma list (default 1,2)
   --activations   LUT activation path: int8 (default, fast) or f32 (exact)
-  --reps          timed repetitions per case (default 7; fewer once a case takes 1.5 s)
+  --reps          timed rounds per case (default 9; fewer once a case takes 1.5 s per kernel)
   --json          print the rows as a JSON array
   --out FILE      also write the JSON rows to FILE
   --update-md F   rewrite the table between <!-- kernels:begin --> and <!-- kernels:end --> in F
@@ -88,7 +90,7 @@ const END = '<!-- kernels:end -->';
 /** Replaces the marked section of a Markdown file (creating the file or section when missing). */
 export function updateBenchmarksMarkdown(file: string, rows: readonly KernelBenchRow[], command: string, when = new Date()): void {
   const cpu = os.cpus()[0]?.model?.trim() ?? 'unknown CPU';
-  const variants = [...new Set(rows.map((r) => `${r.variant}`))];
+  const variants = [...new Set(rows.map((r) => r.variant.replace(/, \d+ threads?/, '')))];
   const section = [
     BEGIN,
     `Command: \`${command}\``,
@@ -123,7 +125,7 @@ export async function benchCommand(argv: string[]): Promise<number> {
   if (p.values.help) return console.log(HELP), 0;
   const what = p.positionals[0];
   if (what !== 'kernels' || p.positionals.length > 1) {
-    throw new FluteError('E_OPTION', `flute bench: expected "kernels" as the first argument, got ${JSON.stringify(p.positionals.join(' ') || '')} (see flute bench --help)`);
+    throw new FluteError('E_OPTION', `expected "kernels" as the first argument, got ${JSON.stringify(p.positionals.join(' ') || '')} (see flute bench --help)`);
   }
   const backend = oneOf(p, 'backend', ['wasm'] as const, 'wasm');
   const activations = str(p, 'activations') === undefined ? undefined : oneOf(p, 'activations', ['int8', 'f32'] as const, 'int8');

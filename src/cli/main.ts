@@ -8,6 +8,7 @@ type Command = (argv: string[]) => Promise<number>;
 const COMMANDS: Record<string, { summary: string; load: () => Promise<Command> }> = {
   quantize: { summary: 'quantize a model to a LUT checkpoint (RTN with NF, int, fp4 or your table)', load: async () => (await import('./commands/quantize.js')).quantizeCommand },
   run: { summary: 'generate text, streamed, then tokens/s', load: async () => (await import('./commands/run.js')).runCommand },
+  chat: { summary: 'interactive chat with the model\'s chat template, streamed; Ctrl-C stops a reply', load: async () => (await import('./commands/chat.js')).chatCommand },
   eval: { summary: 'perplexity over a text file in fixed windows', load: async () => (await import('./commands/eval.js')).evalCommand },
   inspect: { summary: 'format, tensors, shapes, dtypes, bits, group sizes and sizes of a file', load: async () => (await import('./commands/inspect.js')).inspectCommand },
   doctor: { summary: 'runtime capabilities and kernel backends, each checked against the reference', load: async () => (await import('./commands/doctor.js')).doctorCommand },

@@ -18,6 +18,12 @@ export interface BackendInfo {
   readonly name: string;
   /** Human-readable variant, e.g. "reference (scalar f64 accumulation)" or "SIMD128 + relaxed, 2 threads". */
   readonly variant: string;
+  /**
+   * Relative Frobenius error against the reference that this backend's default path stays within on
+   * well-scaled inputs (the self-check's tolerance; 1e-5 when absent, as for exact f32 paths); looser for kernels that
+   * quantize activations, with the bound argued in the backend's header.
+   */
+  readonly relTolerance?: number;
 }
 
 export interface MatmulOptions {

@@ -42,10 +42,10 @@ export async function doctorCommand(argv: string[]): Promise<number> {
   for (const name of BACKEND_NAMES) {
     try {
       const b = await createBackend(name, { threads });
-      const checks = selfCheck(b);
+      const checks = selfCheck(b, b.info().relTolerance ?? 1e-5);
       const ok = checks.every((c) => c.ok);
       allOk &&= ok;
-      backends.push({ name, available: true, variant: b.info().variant, ok, checks });
+      backends.push({ name, available: true, variant: b.info().variant, tolerance: b.info().relTolerance ?? 1e-5, ok, checks });
       b.dispose();
     } catch (e) {
       backends.push({ name, available: false, reason: (e as Error).message });
@@ -63,7 +63,7 @@ export async function doctorCommand(argv: string[]): Promise<number> {
       console.log(`backend ${b.name}: unavailable (${b.reason})`);
       continue;
     }
-    console.log(`backend ${b.name}: ${b.variant}: ${b.ok ? 'agrees with the reference' : 'DISAGREES with the reference'}`);
+    console.log(`backend ${b.name}: ${b.variant}: ${b.ok ? 'agrees with the reference' : 'DISAGREES with the reference'} (tolerance ${b.tolerance})`);
     for (const c of b.checks ?? []) console.log(`  ${c.ok ? 'ok  ' : 'FAIL'} ${c.id} rel. error ${c.relErr.toExponential(2)}`);
   }
   return allOk ? 0 : 1;

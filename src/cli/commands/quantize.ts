@@ -3,6 +3,7 @@
 import { readFile } from 'node:fs/promises';
 import { basename, extname } from 'node:path';
 import { FluteError } from '../../errors.js';
+import { writeHfCheckpointFolder } from '../../format/hf.js';
 import { openModelFile } from '../../model/open.js';
 import { quantizeModel } from '../../quant/quantize-model.js';
 import { isTableKind, parseTableJson, type TableKind } from '../../quant/tables.js';
@@ -29,7 +30,8 @@ Options:
   --table T            nf | int | fp4 | FILE.json with 2^B values (default ${DEFAULTS.table})
   --scale-dtype D      f16 | f32 (default ${DEFAULTS.scaleDtype})
   --quantize-output    quantize the output layer too
-  --out FILE           output path (default <model>-<table><bits>-g<G>.safetensors here)
+  --out FILE           output path (default <model>-<table><bits>-g<G>.safetensors here); from a
+                       Hugging Face folder, an output folder (model.safetensors + tokenizer + config)
   --tokenizer FILE     tokenizer to embed (default: found beside a llama2.c model)
   --json               print a JSON report instead of text
 
@@ -62,17 +64,22 @@ export async function quantizeCommand(argv: string[]): Promise<number> {
   } else {
     throw new FluteError('E_OPTION', `--table: expected nf, int, fp4 or a .json file of ${2 ** bits} values, got ${JSON.stringify(tableArg)}`);
   }
-  const out = str(p, 'out') ?? `${basename(modelPath, extname(modelPath))}-${tableKind === 'custom' ? basename(tableArg, '.json') : tableKind}${bits}-g${groupSize}.safetensors`;
   const json = Boolean(p.values.json);
 
   const src = await openModelFile(modelPath, { tokenizer: str(p, 'tokenizer') });
+  // A Hugging Face folder quantizes into a folder: the checkpoint as model.safetensors, with the
+  // tokenizer and config copied beside it (writeHfCheckpointFolder), so it opens like the source.
+  const toFolder = src.format === 'hf';
+  const stem = toFolder ? basename(modelPath) : basename(modelPath, extname(modelPath)); // "Llama-3.2-1B" has no extension
+  const out = str(p, 'out') ?? `${stem}-${tableKind === 'custom' ? basename(tableArg, '.json') : tableKind}${bits}-g${groupSize}${toFolder ? '' : '.safetensors'}`;
   const bar = progressBar('quantize', { enabled: !json });
   const t0 = performance.now();
   try {
-    const report = await quantizeModel(src, out, {
+    const write = (file: string) => quantizeModel(src, file, {
       bits, groupSize, tableKind, tableValues, scaleDtype, quantizeOutput: Boolean(p.values['quantize-output']),
       onProgress: (done, total, name) => bar.update(done, total, name),
     });
+    const report = { ...(toFolder ? await writeHfCheckpointFolder(modelPath, out, write) : await write(out)), out };
     bar.done();
     const seconds = (performance.now() - t0) / 1000;
     const peakRssBytes = process.resourceUsage().maxRSS * 1024;

@@ -27,7 +27,7 @@ function weightOf(layer: PreparedLinear, opts?: MatmulOptions): Float32Array {
 export function createRefBackend(): KernelBackend {
   return {
     name: 'ref',
-    info: () => ({ name: 'ref', variant: 'reference (scalar, f64 accumulation)' }),
+    info: () => ({ name: 'ref', variant: 'reference (scalar, f64 accumulation)', relTolerance: 1e-5 }),
     unsupported: () => null,
     prepare(layer: Linear): PreparedLinear {
       const data: RefData = { weights: new Map() };

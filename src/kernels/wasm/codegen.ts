@@ -42,7 +42,7 @@ export const J = {
 export const JOB_WORDS = 32;
 
 /** Tile sizes (rows of M per pass) per kernel family. */
-export const MT = { int: 4, exact: 2, dense: 4 } as const;
+export const MT = { int: 4, exact: 4, dense: 4 } as const;
 
 /** Kernel ids, in the order `work` dispatches them. */
 export const FN = {
@@ -78,7 +78,6 @@ export function memoryImport(shared: boolean): MemoryImport {
 // Shared emit helpers
 
 const range = (n: number) => Array.from({ length: n }, (_, i) => i);
-const splat8 = (b: number) => new Array(16).fill(b);
 
 /** Pushes job word `w` (an i32) on the stack. */
 function job(f: FuncBuilder, w: number): void {
@@ -155,8 +154,6 @@ const ZIP16_LO = range(16).map((i) => ((i >> 1) % 2 ? 16 : 0) + (i >> 2) * 2 + (
 const ZIP16_HI = ZIP16_LO.map((l) => l + 8);
 const I32_EVEN = [0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27];
 const I32_ODD = I32_EVEN.map((l) => l + 4);
-const I32_LO2 = [0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23]; // lanes a0 a1 b0 b1
-const I32_HI2 = I32_LO2.map((l) => l + 8); // lanes a2 a3 b2 b3
 
 /** acc = acc + a*b (f32x4), fused where relaxed. Expects nothing on the stack; a, b pushed by callbacks. */
 function fmaInto(f: FuncBuilder, v: KernelVariant, acc: number, a: () => void, b: () => void): void {
@@ -329,10 +326,11 @@ function storeTile(f: FuncBuilder, mt: number, rq: number, m0: number, tot: numb
 // LUT kernels, exact f32
 
 /**
- * y[m, n] = sum_k fl(T[q] * s) * x[m, k] in f32, the reference's weight exactly. The f32 table is
- * gathered with four swizzles over its byte planes and a zip network (bitnet TL1's trick), giving
- * per index vector one f32x4 per row (lanes = 4 consecutive k); each row keeps one accumulator per
- * tile row, reduced across lanes at the end of the row quad.
+ * y[m, n] = sum_k fl(T[q] * s) * x[m, k] in f32, with the reference's weights exactly. Each index vector
+ * is transposed (one shuffle) to byte 4t+r, then the f32 table is gathered with four swizzles over its
+ * byte planes and a zip network (bitnet TL1's trick): one f32x4 per k whose lanes are the quad's 4 rows,
+ * times the 4 rows' scales, then accumulated like the dense kernel (splat activations, one accumulator
+ * per tile row, two interleaved chains at M=1 so the add latency does not bound a GEMV).
  */
 function lutExactKernel(v: KernelVariant, bits: 2 | 3 | 4): FuncBuilder {
   const f = new FuncBuilder(`lut_exact${bits}`, [I32, I32]);
@@ -342,14 +340,14 @@ function lutExactKernel(v: KernelVariant, bits: 2 | 3 | 4): FuncBuilder {
   const pl = f.locals(V128, 4);
   const l01 = f.local(V128);
   const l23 = f.local(V128);
-  const wr = f.local(V128);
-  const xs = f.locals(V128, MT.exact);
+  const wt = f.local(V128);
+  const s4 = f.local(V128);
   const w = f.local(I32);
   const s = f.local(I32);
   const x = f.local(I32);
   const gi = f.local(I32);
   const ci = f.local(I32);
-  const acc = range(QUAD_ROWS).map(() => f.locals(V128, MT.exact)); // [row][m]
+  const acc = range(MT.exact).map(() => f.locals(V128, 2)); // [m][chain]
   const sw = v.relaxed ? S.i8x16_relaxed_swizzle : S.i8x16_swizzle;
 
   for (let p = 0; p < 4; p++) {
@@ -358,6 +356,7 @@ function lutExactKernel(v: KernelVariant, bits: 2 | 3 | 4): FuncBuilder {
   }
 
   tiledLoops(f, MT.exact, (mt, rq, m0) => {
+    const chains = mt === 1 ? 2 : 1;
     job(f, J.w);
     f.get(rq);
     job(f, J.quadBytes);
@@ -370,46 +369,43 @@ function lutExactKernel(v: KernelVariant, bits: 2 | 3 | 4): FuncBuilder {
     f.get(m0);
     job(f, J.kp);
     f.op(Op.i32_mul).i32(4).op(Op.i32_mul, Op.i32_add).set(x);
-    for (let r = 0; r < QUAD_ROWS; r++) for (let m = 0; m < mt; m++) f.zero().set(acc[r][m]);
+    for (let m = 0; m < mt; m++) for (let c = 0; c < chains; c++) f.zero().set(acc[m][c]);
 
     job(f, J.groups);
     f.set(gi);
     f.repeat(gi, () => {
+      f.get(s).v128Load(0).set(s4);
+      bump(f, s, 16);
       job(f, J.inner);
       f.set(ci);
       f.repeat(ci, () => {
         emitIndexVectors(f, bits, w, masks, (j) => {
+          f.get(iv).get(iv).shuffle(TRANSPOSE4).set(iv); // byte 4r+t -> 4t+r
           for (let p = 0; p < 4; p++) f.get(planes[p]).get(iv).simd(sw).set(pl[p]);
-          for (let m = 0; m < mt; m++) f.get(x).v128Load(m * 16).set(xs[m]);
-          bump(f, x, 16 * mt);
-          // rows 0,1 from the low halves, rows 2,3 from the high halves
           for (const half of [0, 1]) {
             const z8 = half ? ZIP8_HI : ZIP8_LO;
             f.get(pl[0]).get(pl[1]).shuffle(z8).set(l01);
             f.get(pl[2]).get(pl[3]).shuffle(z8).set(l23);
             for (const sub of [0, 1]) {
-              const r = 2 * half + sub;
-              f.get(l01).get(l23).shuffle(sub ? ZIP16_HI : ZIP16_LO);
-              f.get(s).simdMem(S.v128_load32_splat, 2, 4 * r).simd(S.f32x4_mul).set(wr); // fl(T * s), as dequantize()
-              for (let m = 0; m < mt; m++) fmaInto(f, v, acc[r][m], () => f.get(wr), () => f.get(xs[m]));
+              const t = 2 * half + sub; // k = 4j + t, lanes = rows
+              f.get(l01).get(l23).shuffle(sub ? ZIP16_HI : ZIP16_LO).get(s4).simd(S.f32x4_mul).set(wt); // fl(T * s), as dequantize()
+              for (let m = 0; m < mt; m++) {
+                fmaInto(f, v, acc[m][(j * 4 + t) % chains], () => f.get(wt), () => f.get(x).simdMem(S.v128_load32_splat, 2, m * 16));
+              }
+              bump(f, x, 4);
             }
           }
+          if (mt > 1) bump(f, x, 16 * mt - 16);
         }, iv);
       });
-      bump(f, s, 16);
     });
-    // lane sums: [sum acc0, sum acc1, sum acc2, sum acc3] per tile row
-    const tot = f.locals(V128, mt);
-    for (let m = 0; m < mt; m++) {
-      f.get(acc[0][m]).get(acc[1][m]).shuffle(I32_LO2).get(acc[0][m]).get(acc[1][m]).shuffle(I32_HI2).simd(S.f32x4_add).set(l01);
-      f.get(acc[2][m]).get(acc[3][m]).shuffle(I32_LO2).get(acc[2][m]).get(acc[3][m]).shuffle(I32_HI2).simd(S.f32x4_add).set(l23);
-      f.get(l01).get(l23).shuffle(I32_EVEN).get(l01).get(l23).shuffle(I32_ODD).simd(S.f32x4_add).set(tot[m]);
-    }
-    storeTile(f, mt, rq, m0, tot);
+    for (let m = 0; m < mt; m++) if (chains === 2) f.get(acc[m][0]).get(acc[m][1]).simd(S.f32x4_add).set(acc[m][0]);
+    storeTile(f, mt, rq, m0, acc.slice(0, mt).map((a) => a[0]));
   });
   return f;
 }
-const QUAD_ROWS = 4;
+const TRANSPOSE4 = [0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15];
+
 
 // ---------------------------------------------------------------------------------------------
 // Dense f32
@@ -443,11 +439,12 @@ function denseKernel(v: KernelVariant): FuncBuilder {
       for (let t = 0; t < 4; t++) f.get(w).v128Load(16 * t).set(wk[t]);
       for (let t = 0; t < 4; t++) {
         for (let m = 0; m < mt; m++) {
-          fmaInto(f, v, acc[m][t % chains], () => f.get(wk[t]), () => f.get(x).simdMem(S.v128_load32_splat, 2, (m * 4 + t) * 4));
+          fmaInto(f, v, acc[m][t % chains], () => f.get(wk[t]), () => f.get(x).simdMem(S.v128_load32_splat, 2, m * 16));
         }
+        bump(f, x, 4); // few distinct offsets (see emitIndexVectors)
       }
       bump(f, w, 64);
-      bump(f, x, 16 * mt);
+      if (mt > 1) bump(f, x, 16 * mt - 16);
     });
     for (let m = 0; m < mt; m++) {
       if (chains === 4) {
@@ -526,6 +523,109 @@ function genericKernel(): FuncBuilder {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Activation preparation (called directly by the calling thread before a job)
+
+/**
+ * act_quant{8,16}(src, M, Kp, A, MT, dst, params, qmax, tscale, offset): per row of the padded f32
+ * activations src [M][Kp] and block of A columns: d = amax/qmax, q = nearest(x * (qmax/amax)) (ties to
+ * even), written as tiles [Kp/4][t][4] of int8 or int16 (layout.ts), and per (block, row) the pair
+ * (d * tscale as f32, offset * sum(q) as i32) at params [tile: [blocks][t][2]].
+ * Same rule as layout.ts quantizeActivations (the JS specification of this function).
+ */
+function actQuantKernel(wide: boolean): FuncBuilder {
+  const f = new FuncBuilder(wide ? 'act_quant16' : 'act_quant8', [I32, I32, I32, I32, I32, I32, I32, F32, F32, I32]);
+  const [src, M, kp, A, mtMax, dst, prm, qmax, ts, off] = range(10);
+  const i = f.local(I32);
+  const m0 = f.local(I32);
+  const t = f.local(I32);
+  const b = f.local(I32);
+  const nb = f.local(I32);
+  const c = f.local(I32);
+  const sp = f.local(I32);
+  const dp = f.local(I32);
+  const step = f.local(I32);
+  const p = f.local(I32);
+  const amax = f.local(F32);
+  const inv = f.local(F32);
+  const vmax = f.local(V128);
+  const acc = f.local(V128);
+  const v = f.local(V128);
+  const eb = wide ? 2 : 1;
+  f.get(kp).get(A).op(Op.i32_div_u).set(nb);
+  f.forLoop(i, () => f.i32(0), () => f.get(M), 1, () => {
+    f.get(i).get(i).get(mtMax).op(Op.i32_rem_u, Op.i32_sub).set(m0);
+    // t = min(MT, M - m0)
+    f.get(M).get(m0).op(Op.i32_sub).set(t);
+    f.get(t).get(mtMax).op(Op.i32_gt_s).if(() => f.get(mtMax).set(t));
+    f.get(src).get(i).get(kp).op(Op.i32_mul).i32(4).op(Op.i32_mul, Op.i32_add).set(sp);
+    f.get(t).i32(4 * eb).op(Op.i32_mul).set(step);
+    f.forLoop(b, () => f.i32(0), () => f.get(nb), 1, () => {
+      // amax over the block
+      f.zero().set(vmax);
+      f.get(sp).set(p);
+      f.forLoop(c, () => f.i32(0), () => f.get(A), 4, () => {
+        f.get(vmax).get(p).v128Load(0).simd(S.f32x4_abs).simd(S.f32x4_max).set(vmax);
+        bump(f, p, 16);
+      });
+      f.get(vmax).lane(S.f32x4_extract_lane, 0).get(vmax).lane(S.f32x4_extract_lane, 1).op(Op.f32_max);
+      f.get(vmax).lane(S.f32x4_extract_lane, 2).get(vmax).lane(S.f32x4_extract_lane, 3).op(Op.f32_max).op(Op.f32_max).set(amax);
+      f.f32(0).set(inv);
+      f.get(amax).f32(0).op(Op.f32_gt).if(() => f.get(qmax).get(amax).op(Op.f32_div).set(inv));
+      // first 4-group of this (row, block) in the tile: element m0*Kp + ((b*A/4)*t + (i-m0))*4 = m0*Kp + b*A*t + 4(i-m0)
+      f.get(dst);
+      f.get(m0).get(kp).op(Op.i32_mul);
+      f.get(b).get(A).op(Op.i32_mul).get(t).op(Op.i32_mul);
+      f.get(i).get(m0).op(Op.i32_sub).i32(4).op(Op.i32_mul).op(Op.i32_add, Op.i32_add).i32(eb).op(Op.i32_mul, Op.i32_add).set(dp);
+      f.zero().set(acc);
+      f.forLoop(c, () => f.i32(0), () => f.get(A), 4, () => {
+        f.get(sp).v128Load(0).get(inv).simd(S.f32x4_splat).simd(S.f32x4_mul).simd(S.f32x4_nearest).simd(S.i32x4_trunc_sat_f32x4_s).set(v);
+        f.get(acc).get(v).simd(S.i32x4_add).set(acc);
+        f.get(dp).get(v).get(v).simd(S.i16x8_narrow_i32x4_s);
+        if (wide) f.simdMemLane(S.v128_store64_lane, 0, 0, 0);
+        else f.tee(v).get(v).simd(S.i8x16_narrow_i16x8_s).simdMemLane(S.v128_store32_lane, 0, 0, 0);
+        bump(f, sp, 16);
+        f.get(dp).get(step).op(Op.i32_add).set(dp);
+      });
+      // params[(m0*nb + b*t + (i-m0)) * 8] = (d * tscale, offset * sum)
+      f.get(prm).get(m0).get(nb).op(Op.i32_mul).get(b).get(t).op(Op.i32_mul, Op.i32_add).get(i).get(m0).op(Op.i32_sub, Op.i32_add).i32(8).op(Op.i32_mul, Op.i32_add).set(p);
+      f.get(p).get(amax).get(qmax).op(Op.f32_div).get(ts).op(Op.f32_mul).mem(Op.f32_store, 2, 0);
+      f.get(p).get(off);
+      f.get(acc).lane(S.i32x4_extract_lane, 0).get(acc).lane(S.i32x4_extract_lane, 1).op(Op.i32_add);
+      f.get(acc).lane(S.i32x4_extract_lane, 2).get(acc).lane(S.i32x4_extract_lane, 3).op(Op.i32_add, Op.i32_add);
+      f.op(Op.i32_mul).mem(Op.i32_store, 2, 4);
+    });
+  });
+  return f;
+}
+
+/** act_tile_f32(src, M, Kp, MT, dst): the padded f32 rows src [M][Kp] as tiles [Kp/4][t][4] (layout.ts tileF32). */
+function actTileKernel(): FuncBuilder {
+  const f = new FuncBuilder('act_tile_f32', [I32, I32, I32, I32, I32]);
+  const [src, M, kp, mtMax, dst] = range(5);
+  const i = f.local(I32);
+  const m0 = f.local(I32);
+  const t = f.local(I32);
+  const j = f.local(I32);
+  const sp = f.local(I32);
+  const dp = f.local(I32);
+  const step = f.local(I32);
+  f.forLoop(i, () => f.i32(0), () => f.get(M), 1, () => {
+    f.get(i).get(i).get(mtMax).op(Op.i32_rem_u, Op.i32_sub).set(m0);
+    f.get(M).get(m0).op(Op.i32_sub).set(t);
+    f.get(t).get(mtMax).op(Op.i32_gt_s).if(() => f.get(mtMax).set(t));
+    f.get(src).get(i).get(kp).op(Op.i32_mul).i32(4).op(Op.i32_mul, Op.i32_add).set(sp);
+    f.get(dst).get(m0).get(kp).op(Op.i32_mul).get(i).get(m0).op(Op.i32_sub).i32(4).op(Op.i32_mul, Op.i32_add).i32(4).op(Op.i32_mul, Op.i32_add).set(dp);
+    f.get(t).i32(16).op(Op.i32_mul).set(step);
+    f.forLoop(j, () => f.i32(0), () => f.get(kp), 4, () => {
+      f.get(dp).get(sp).v128Load(0).v128Store(0);
+      bump(f, sp, 16);
+      f.get(dp).get(step).op(Op.i32_add).set(dp);
+    });
+  });
+  return f;
+}
+
+// ---------------------------------------------------------------------------------------------
 // The module
 
 /** Emits the kernel module for `v`; validate with WebAssembly.validate before use. */
@@ -564,5 +664,8 @@ export function buildKernelModule(v: KernelVariant, shared = true): Uint8Array<A
     work.i32(i).op(Op.i32_eq).if(() => work.get(r0).get(r1).call(index[i]));
   }
   mb.add(work);
+  mb.add(actQuantKernel(false));
+  mb.add(actQuantKernel(true));
+  mb.add(actTileKernel());
   return mb.encode();
 }

@@ -21,9 +21,9 @@ export const Op = {
   i32_const: 0x41, f32_const: 0x43,
   i32_eqz: 0x45, i32_eq: 0x46, i32_ne: 0x47, i32_lt_s: 0x48, i32_lt_u: 0x49, i32_gt_s: 0x4a, i32_gt_u: 0x4b,
   i32_le_s: 0x4c, i32_le_u: 0x4d, i32_ge_s: 0x4e, i32_ge_u: 0x4f,
-  i32_add: 0x6a, i32_sub: 0x6b, i32_mul: 0x6c, i32_div_u: 0x6e, i32_and: 0x71, i32_or: 0x72, i32_shl: 0x74,
+  i32_add: 0x6a, i32_sub: 0x6b, i32_mul: 0x6c, i32_div_u: 0x6e, i32_rem_u: 0x70, i32_and: 0x71, i32_or: 0x72, i32_shl: 0x74,
   i32_shr_u: 0x76,
-  f32_add: 0x92, f32_sub: 0x93, f32_mul: 0x94, f32_min: 0x96, f32_max: 0x97,
+  f32_add: 0x92, f32_sub: 0x93, f32_mul: 0x94, f32_div: 0x95, f32_min: 0x96, f32_max: 0x97, f32_gt: 0x5e,
   f32_convert_i32_s: 0xb2,
 } as const;
 
@@ -33,7 +33,7 @@ export const S = {
   v128_const: 12, i8x16_shuffle: 13, i8x16_swizzle: 14, i8x16_splat: 15, i16x8_splat: 16, i32x4_splat: 17,
   f32x4_splat: 19, i32x4_extract_lane: 27, f32x4_extract_lane: 31,
   v128_not: 77, v128_and: 78, v128_andnot: 79, v128_or: 80, v128_xor: 81,
-  v128_load32_zero: 92, v128_load64_zero: 93,
+  v128_store32_lane: 90, v128_store64_lane: 91, v128_load32_zero: 92, v128_load64_zero: 93,
   i8x16_narrow_i16x8_s: 101, i8x16_shl: 107, i8x16_shr_u: 109, i8x16_add: 110, i8x16_sub: 113,
   i16x8_narrow_i32x4_s: 133, i16x8_extend_low_i8x16_s: 135, i16x8_extend_high_i8x16_s: 136,
   i16x8_shl: 139, i16x8_shr_u: 141, i16x8_add: 142, i32x4_extadd_pairwise_i16x8_s: 126,
@@ -193,6 +193,12 @@ export class FuncBuilder {
     if (lanes.length !== 16 || lanes.some((l) => l < 0 || l > 31)) throw new RangeError(`bad shuffle ${lanes.join(',')}`);
     this.simd(S.i8x16_shuffle);
     for (const l of lanes) this.code.push(l);
+    return this;
+  }
+  /** store*_lane / load*_lane: memarg then lane index. */
+  simdMemLane(opcode: number, align: number, offset: number, lane: number): this {
+    this.simdMem(opcode, align, offset);
+    this.code.push(lane);
     return this;
   }
   lane(opcode: number, lane: number): this {

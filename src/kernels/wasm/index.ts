@@ -11,35 +11,40 @@
 //
 // Paths (layouts in layout.ts, kernels in codegen.ts):
 //   - lut int ('int8' activations, the default for b <= 4): activations quantized per block of up to
-//     128 padded columns, the table approximated by an integer codebook (one v128, looked up by swizzle),
-//     integer dot products, one f32 fold per block. Relaxed variant: int8 activations x 7-bit codes via
-//     i32x4.relaxed_dot_i8x16_i7x16_add_s; SIMD128 variant: int16 activations x int8 codes via
-//     i32x4.dot_i16x8_s. Error bound: see `intErrorBound` below and README of the tests.
-//   - lut exact ('f32' activations): y = sum fl(T[q]*s) * x in f32 with the reference's weights exactly;
-//     relative error <= (Kp/4+4) * 2^-24 * sum|W x| per element; identity input returns dequantize()
-//     bit for bit.
-//   - generic: any bits 1..8 or group size < 16, scalar exact f32 (slower, always correct).
-//   - dense: f32 weights, the benchmark baseline and the layers that stay dense.
-// The model runtime should use the default ('int8'): at W4G128 its worst-case error bound is about 1%
-// of sum|s T x| and typically 0.2-0.5% relative to |y|, an order below the weight quantization error
-// itself (NF4 is ~10% RMS), and it is 2-4x faster than the exact path. Pass activations: 'f32' (per
-// backend or per matmul) to reproduce the reference to f32 rounding.
+//     128 padded columns (d = amax/Q, q = nearest(x/d)), the table approximated by an integer codebook
+//     T ~= t*c (one v128, looked up by swizzle), integer dot products, one f32 fold per block.
+//     Relaxed variant: int8 activations (Q = 127) x 7-bit codes (c in [-64, 63], stored +64) via the
+//     relaxed int8 dot; SIMD128 variant: int16 activations (Q = 32767) x int8 codes (c in [-127, 127])
+//     via i32x4.dot_i16x8_s. Per element, with eT = max_j |T_j - t c_j| <= t0/2 (t0 the absmax code
+//     step) and delta = amax_block (1/(2Q) + 4u), u = 2^-24, over B activation blocks along K:
+//       |y - y_ref| <= sum_k |s_k| (eT |x_k| + (|T_k| + eT) delta_k)
+//                      + (B + 6) u sum_k |s_k| (|T_k| + eT)(|x_k| + delta_k) + u sum|W x| + u |y|.
+//     test/kernels-wasm.test.ts derives and checks it per element. Measured on NF tables at g = 128:
+//     relative error ~1-2% (relaxed: the 7-bit codebook dominates) and ~0.3-0.6% (SIMD128).
+//   - lut exact ('f32' activations): y = sum fl(T[q]*s) * x, the reference's weights exactly, summed in
+//     f32: |y - y_ref| <= gamma_{Kp+2} sum|W x| + u |y| (relative error ~1e-7..1e-6 in practice, < 1e-5
+//     as tested); an identity input returns dequantize() bit for bit.
+//   - generic: any bits 1..8 or group size < 16, scalar exact f32 (slower, same bound).
+//   - dense: f32 weights, the benchmark baseline and the layers that stay dense (same bound).
+// The model runtime should use the default ('int8'): its error is an order of magnitude below the
+// weight quantization error itself (NF4 RTN is ~10% RMS, NF3 ~20%) and it runs 5-7x faster than the
+// exact path. Pass activations: 'f32' (per backend or per matmul) to reproduce the reference to f32
+// rounding, e.g. to pin greedy text against the reference backend.
 
 import { FluteError, checkOption } from '../../errors.js';
 import { dequantize, validateQuantizedLinear, type Linear, type QuantizedLinear } from '../../quant/linear.js';
 import { checkMatmulArgs } from '../check.js';
 import type { BackendInfo, KernelBackend, MatmulOptions, PreparedLinear } from '../types.js';
-import { FuncBuilder, ModuleBuilder, S, V128 } from './encoder.js';
+import { FuncBuilder, ModuleBuilder, S } from './encoder.js';
 import { FN, J, JOB_ADDR, JOB_WORDS, MT, buildKernelModule, type KernelVariant } from './codegen.js';
 import {
   CHUNK,
   QUAD,
   layoutBytes,
   packForWasm,
+  padRows,
   paddedK,
-  quantizeActivations,
   roundUp,
-  tileF32,
   type ActGeometry,
   type LutLayout,
 } from './layout.js';
@@ -113,7 +118,6 @@ const probeRelaxed = () =>
     f.zero().zero().zero().simd(S.i32x4_relaxed_dot_i8x16_i7x16_add_s);
     f.zero().simd(S.i8x16_relaxed_swizzle).zero().zero().simd(S.f32x4_relaxed_madd).op(0x1a);
   });
-void V128;
 
 function sharedMemoryWorks(): boolean {
   try {
@@ -178,6 +182,13 @@ interface WasmLayerData {
 const TABLE_RELAXED = 64;
 const TABLE_SIMD = 80;
 
+/** The activation helpers of codegen.ts, called on the calling thread before a job. */
+interface ActKernels {
+  act_quant8(src: number, m: number, kp: number, block: number, mt: number, dst: number, params: number, qmax: number, tscale: number, offset: number): void;
+  act_quant16(src: number, m: number, kp: number, block: number, mt: number, dst: number, params: number, qmax: number, tscale: number, offset: number): void;
+  act_tile_f32(src: number, m: number, kp: number, mt: number, dst: number): void;
+}
+
 // ---------------------------------------------------------------------------------------------
 // The backend core: one variant's memory, module, instance and threads
 
@@ -190,6 +201,7 @@ class Core {
     readonly heap: WasmHeap,
     readonly module: WebAssembly.Module,
     readonly work: (tid: number) => void,
+    readonly kernels: ActKernels,
   ) {}
 
   static async create(variant: KernelVariant, shared: boolean, opts: WasmBackendOptions): Promise<Core> {
@@ -198,7 +210,7 @@ class Core {
     const module = await WebAssembly.compile(bytes);
     const heap = WasmHeap.create({ shared, initialMiB: opts.initialMemoryMiB ?? 64, maxMiB: opts.maxMemoryMiB ?? 4096, reservedBytes: 4096 });
     const inst = await WebAssembly.instantiate(module, { env: { memory: heap.memory } });
-    return new Core(variant, heap, module, inst.exports.work as (tid: number) => void);
+    return new Core(variant, heap, module, inst.exports.work as (tid: number) => void, inst.exports as unknown as ActKernels);
   }
 
   async startThreads(threads: number): Promise<void> {
@@ -218,6 +230,17 @@ class Core {
     const ptr = this.heap.alloc(size, `scratch ${name}`);
     this.scratch.set(name, { ptr, size });
     return ptr;
+  }
+
+  /** Copies x into padded rows in wasm memory; returns the pointer to the f32 tiles (rows when M=1). */
+  tilesF32(a: ActGeometry, x: Float32Array): number {
+    const kp = paddedK(a);
+    const rows = this.scratchPtr('xf', kp * a.m * 4);
+    padRows(a, x, this.heap.f32(rows, kp * a.m));
+    if (a.m === 1 || a.tile === 1) return rows; // one row: the tiled layout is the row itself
+    const tiles = this.scratchPtr('x', kp * a.m * 4);
+    this.kernels.act_tile_f32(rows, a.m, kp, a.tile, tiles);
+    return tiles;
   }
 
   dispose(): void {
@@ -240,7 +263,12 @@ class WasmBackend implements WasmKernelBackend {
   ) {}
 
   info(): BackendInfo {
-    return { name: 'wasm', variant: this.description };
+    // int8 path: the 7-bit (relaxed) or 8-bit codebook error (<= half a code step, 1/126 or 1/254 of the
+    // table's range) plus the activation rounding (1/(2Q) of a block's absmax) bound each product's
+    // relative error by ~1.2% (relaxed) or ~0.4% (SIMD128); sums with cancellation measure up to ~2% and
+    // ~0.6%, so 3e-2 and 1e-2. The exact path sums f32 products: 1e-5.
+    const relTolerance = this.activations === 'f32' ? 1e-5 : this.core.variant.relaxed ? 3e-2 : 1e-2;
+    return { name: 'wasm', variant: this.description, relTolerance };
   }
 
   /** The variant actually running and the thread count (for benchmarks and doctor). */
@@ -333,10 +361,8 @@ class WasmBackend implements WasmKernelBackend {
     if (data.layout === 'dense') {
       const a: ActGeometry = { m, k, groupSize: k, paddedGroup: roundUp(k, 4), groups: 1, tile: MT.dense };
       const kp = paddedK(a);
-      const xPtr = core.scratchPtr('x', kp * m * 4);
-      tileF32(a, x, heap.f32(xPtr, kp * m));
       jw[J.fn] = FN.dense;
-      jw[J.x] = xPtr;
+      jw[J.x] = core.tilesF32(a, x);
       jw[J.kp] = kp;
       jw[J.inner] = kp / 4;
       jw[J.quadBytes] = kp * 16;
@@ -359,10 +385,8 @@ class WasmBackend implements WasmKernelBackend {
       if (act === 'f32') {
         const a: ActGeometry = { m, k, groupSize: g.groupSize, paddedGroup: g.paddedGroup, groups: g.groups, tile: MT.exact };
         const kp = paddedK(a);
-        const xPtr = core.scratchPtr('x', kp * m * 4);
-        tileF32(a, x, heap.f32(xPtr, kp * m));
         jw[J.fn] = lb === 2 ? FN.exact2 : lb === 3 ? FN.exact3 : FN.exact4;
-        jw[J.x] = xPtr;
+        jw[J.x] = core.tilesF32(a, x);
         jw[J.kp] = kp;
         jw[J.table] = data.table;
         jw[J.inner] = g.paddedGroup / CHUNK;
@@ -373,10 +397,12 @@ class WasmBackend implements WasmKernelBackend {
         const block = activationBlock(g.paddedGroup, this.actBlockMax);
         const nb = kp / block;
         const eb = relaxed ? 1 : 2;
+        const rows = core.scratchPtr('xf', kp * m * 4);
         const xPtr = core.scratchPtr('x', kp * m * eb);
         const pPtr = core.scratchPtr('p', nb * m * 8);
-        const q = relaxed ? heap.i8(xPtr, kp * m) : heap.i16(xPtr, kp * m);
-        quantizeActivations(a, x, block, relaxed ? 127 : 32767, relaxed ? data.relaxedScale : data.simdScale, relaxed ? 64 : 0, q, heap.i32(pPtr, nb * m * 2));
+        padRows(a, x, heap.f32(rows, kp * m));
+        const quant = relaxed ? core.kernels.act_quant8 : core.kernels.act_quant16;
+        quant(rows, m, kp, block, MT.int, xPtr, pPtr, relaxed ? 127 : 32767, relaxed ? data.relaxedScale : data.simdScale, relaxed ? 64 : 0);
         jw[J.fn] = lb === 2 ? FN.int2 : lb === 3 ? FN.int3 : FN.int4;
         jw[J.x] = xPtr;
         jw[J.p] = pPtr;

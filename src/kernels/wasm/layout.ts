@@ -1,14 +1,16 @@
 // The wasm backend's restructured layouts (FLUTE's offline restructuring on a CPU): packForWasm turns a
-// canonical Linear into the byte streams the kernels read, once at prepare time, and the activation
-// preparers lay x out per matmul. Pure functions over typed arrays; index.ts copies them into wasm memory.
+// canonical Linear into the byte streams the kernels read, once at prepare time; padRows lays x out per
+// matmul, and tileF32 / quantizeActivations specify (in plain JS, tested against them) what codegen's
+// act_tile_f32 / act_quant* do in wasm. Pure functions over typed arrays; index.ts copies into memory.
 //
 // Quantized weights, b <= 4 ("lut" layout). Rows are taken four at a time (a row quad); K is cut into
 // groups, each padded to gp = ceil(g/32)*32 so a 32-wide chunk never straddles two scales, and each
 // group into 32-k chunks. Per (row quad, chunk) the 128 indices form 8 index vectors IV_j (j = 0..7),
 // each 16 bytes: byte 4r+t = index of row r at k = 32c + 4j + t. That order serves all three kernels:
 // the relaxed int8 dot takes 4 consecutive bytes per i32 lane (lane r = row r), the SIMD128 i16 dot
-// takes rows {0,1} and {2,3} from the low and high halves, and the exact f32 path's byte-plane
-// unpack yields one f32x4 per row. Bits of the 8 vectors are packed per chunk as
+// takes rows {0,1} and {2,3} from the low and high halves, and the exact f32 path transposes it with
+// one shuffle so its byte-plane gather yields one f32x4 per k (lanes = rows). Bits of the 8 vectors are
+// packed per chunk as
 //   b=4: 4 x v128, byte i of v128 v = IV_2v[i] | IV_2v+1[i] << 4                      (64 B)
 //   b=3: 2 x v128 low 2-bit plane (as b=2) + 1 x v128 high-bit plane, bit j = bit 2 of IV_j (48 B)
 //   b=2: 2 x v128, byte i of v128 v = sum_s IV_4v+s[i] << 2s                          (32 B)
@@ -305,7 +307,24 @@ function tiledOffset(a: ActGeometry, kp: number, i: number, c: number): number {
   return m0 * kp + ((c >> 2) * t + (i - m0)) * 4 + (c & 3);
 }
 
-/** Writes x [M, K] as f32 tiles into `out` (kp*M elements, zero padding written too). */
+/** Writes x [M, K] as padded f32 rows [M][Kp] (groups padded to gp with zeros) into `out`. */
+export function padRows(a: ActGeometry, x: Float32Array, out: Float32Array): void {
+  const kp = paddedK(a);
+  if (kp === a.k) {
+    out.set(x.subarray(0, a.m * a.k));
+    return;
+  }
+  out.fill(0, 0, kp * a.m);
+  for (let i = 0; i < a.m; i++) {
+    for (let gi = 0; gi < a.groups; gi++) {
+      const k0 = gi * a.groupSize;
+      const len = Math.min(a.groupSize, a.k - k0);
+      out.set(x.subarray(i * a.k + k0, i * a.k + k0 + len), i * kp + gi * a.paddedGroup);
+    }
+  }
+}
+
+/** Writes x [M, K] as f32 tiles into `out` (kp*M elements, zero padding written too); spec of act_tile_f32. */
 export function tileF32(a: ActGeometry, x: Float32Array, out: Float32Array): void {
   const kp = paddedK(a);
   out.fill(0, 0, kp * a.m);
@@ -328,6 +347,7 @@ export function tileF32(a: ActGeometry, x: Float32Array, out: Float32Array): voi
  * in [-qmax, qmax] with scale d = amax/qmax, written as tiles into `q` (Int8Array or Int16Array), and
  * per (block, row) the pair (d * codebookScale, f32; corr = offset * sum(q), i32) into `params`
  * laid out [tile: [blocks][t][2]]. Rounding is to nearest, ties to even (f32x4.nearest's rule).
+ * The specification of codegen's act_quant8/act_quant16, which the backend runs.
  */
 export function quantizeActivations(
   a: ActGeometry,
