@@ -5,7 +5,7 @@
 import { FluteError } from '../errors.js';
 import type { KernelBackend, MatmulOptions, PreparedLinear } from '../kernels/types.js';
 import type { ComputeType, Linear } from '../quant/linear.js';
-import type { LlamaConfig } from './config.js';
+import type { LlamaConfig, RopeScaling } from './config.js';
 import { LAYER_LINEARS, type LlamaWeights } from './weights.js';
 
 export interface LlamaModelOptions {
@@ -32,6 +32,9 @@ interface PreparedLayer {
   readonly w1: PreparedLinear; // [hiddenDim, dim] gate
   readonly w2: PreparedLinear; // [dim, hiddenDim] down
   readonly w3: PreparedLinear; // [hiddenDim, dim] up
+  readonly bq?: Float32Array; // [qDim] q/k/v biases (config.qkvBias)
+  readonly bk?: Float32Array; // [kvDim]
+  readonly bv?: Float32Array; // [kvDim]
 }
 
 /** Exact-length views of the matmul inputs for a chunk of m rows: backends require x.length == m*K. */
@@ -77,13 +80,15 @@ class RunState {
     this.logits = new Float32Array(batch * c.vocabSize);
     this.keyCache = new Float32Array(c.nLayers * seqLen * kvDim);
     this.valueCache = new Float32Array(c.nLayers * seqLen * kvDim);
-    // RoPE frequency of pair i is theta^(-2i/headDim) in both layouts; only which elements pair up differs.
+    // RoPE frequency of pair i is theta^(-2i/headDim) (then scaled, see ropeInvFreq) in both layouts;
+    // only which elements pair up differs.
     const half = c.headDim / 2;
+    const invFreq = ropeInvFreq(c); // [headDim/2]
     this.ropeCos = new Float32Array(seqLen * half);
     this.ropeSin = new Float32Array(seqLen * half);
     for (let p = 0; p < seqLen; p++) {
       for (let i = 0; i < half; i++) {
-        const angle = p * Math.pow(c.ropeTheta, (-2 * i) / c.headDim);
+        const angle = p * invFreq[i];
         this.ropeCos[p * half + i] = Math.cos(angle);
         this.ropeSin[p * half + i] = Math.sin(angle);
       }
@@ -135,7 +140,7 @@ export class LlamaModel {
     try {
       this.layers = weights.layers.map((w, l) => {
         const p = (key: keyof typeof LAYER_LINEARS) => prepare(w[key], `model.layers.${l}.${LAYER_LINEARS[key]}`);
-        return { attnNorm: w.attnNorm, wq: p('wq'), wk: p('wk'), wv: p('wv'), wo: p('wo'), ffnNorm: w.ffnNorm, w1: p('w1'), w2: p('w2'), w3: p('w3') };
+        return { attnNorm: w.attnNorm, wq: p('wq'), wk: p('wk'), wv: p('wv'), wo: p('wo'), ffnNorm: w.ffnNorm, w1: p('w1'), w2: p('w2'), w3: p('w3'), bq: w.bq, bk: w.bk, bv: w.bv };
       });
       this.output = prepare(weights.output, 'lm_head.weight');
     } catch (e) {
@@ -227,6 +232,12 @@ export class LlamaModel {
       this.backend.matmul(L.wq, v.xb, m, s.q, mm);
       this.backend.matmul(L.wk, v.xb, m, s.k, mm);
       this.backend.matmul(L.wv, v.xb, m, s.v, mm);
+      // Qwen2's q/k/v biases (self_attn.{q,k,v}_proj.bias), before RoPE as in transformers
+      if (L.bq && L.bk && L.bv) {
+        addBias(s.q, L.bq, m);
+        addBias(s.k, L.bk, m);
+        addBias(s.v, L.bv, m);
+      }
 
       // RoPE on q and k at each token's position, then append k and v to the cache at that position
       for (let i = 0; i < m; i++) {
@@ -318,6 +329,40 @@ export class LlamaModel {
 
 // ---------------------------------------------------------------- helpers
 
+/** x[i, j] += b[j] for m rows of b.length values. */
+function addBias(x: Float32Array, b: Float32Array, m: number): void {
+  const n = b.length;
+  for (let i = 0; i < m; i++) for (let j = 0; j < n; j++) x[i * n + j] += b[j];
+}
+
+/**
+ * RoPE inverse frequencies [headDim/2]: f_i = theta^(-2i/headDim), then config.ropeScaling:
+ *  - linear: f_i / factor.
+ *  - llama3 (transformers `_compute_llama3_parameters`): with wavelength w_i = 2 pi / f_i and
+ *    L = originalMaxPositions, keep f_i where w_i < L / highFreqFactor, use f_i / factor where
+ *    w_i > L / lowFreqFactor, and in between blend (1 - s) f_i / factor + s f_i with
+ *    s = (L / w_i - lowFreqFactor) / (highFreqFactor - lowFreqFactor).
+ * Exported for other backends' forward passes, which must rotate by the same angles.
+ */
+export function ropeInvFreq(c: LlamaConfig): Float64Array {
+  const half = c.headDim / 2;
+  const out = new Float64Array(half);
+  for (let i = 0; i < half; i++) out[i] = scaleRopeFreq(Math.pow(c.ropeTheta, (-2 * i) / c.headDim), c.ropeScaling);
+  return out;
+}
+
+function scaleRopeFreq(f: number, s: RopeScaling | undefined): number {
+  if (!s) return f;
+  if (s.type === 'linear') return f / s.factor;
+  const wavelen = (2 * Math.PI) / f;
+  const lowWavelen = s.originalMaxPositions / s.lowFreqFactor; // longer than this: fully scaled
+  const highWavelen = s.originalMaxPositions / s.highFreqFactor; // shorter than this: untouched
+  if (wavelen < highWavelen) return f;
+  if (wavelen > lowWavelen) return f / s.factor;
+  const smooth = (s.originalMaxPositions / wavelen - s.lowFreqFactor) / (s.highFreqFactor - s.lowFreqFactor);
+  return (1 - smooth) * (f / s.factor) + smooth * f;
+}
+
 /** out[i] = w * x[from + i] / sqrt(mean(x[from + i]^2) + eps) for m rows of n values. */
 function rmsnorm(out: Float32Array, x: Float32Array, w: Float32Array, m: number, n: number, eps: number, from = 0): void {
   for (let i = 0; i < m; i++) {
@@ -342,6 +387,26 @@ export function checkLlamaConfig(c: LlamaConfig): void {
   if (!(c.ropeTheta > 0) || !Number.isFinite(c.ropeTheta)) throw new FluteError('E_BAD_HEADER', `config ropeTheta: expected a positive number, got ${c.ropeTheta}`);
   if (c.ropeLayout !== 'interleaved' && c.ropeLayout !== 'half') {
     throw new FluteError('E_BAD_HEADER', `config ropeLayout: expected "interleaved" or "half", got ${JSON.stringify(c.ropeLayout)}`);
+  }
+  checkRopeScaling(c.ropeScaling);
+}
+
+function checkRopeScaling(s: RopeScaling | undefined): void {
+  if (s === undefined) return;
+  const pos = (v: unknown, what: string) => {
+    if (typeof v !== 'number' || !(v > 0) || !Number.isFinite(v)) throw new FluteError('E_BAD_HEADER', `config ropeScaling.${what}: expected a positive number, got ${String(v)}`);
+  };
+  if (s.type !== 'llama3' && s.type !== 'linear') {
+    throw new FluteError('E_BAD_HEADER', `config ropeScaling.type: expected "llama3" or "linear", got ${JSON.stringify((s as { type: unknown }).type)}`);
+  }
+  pos(s.factor, 'factor');
+  if (s.type === 'llama3') {
+    pos(s.lowFreqFactor, 'lowFreqFactor');
+    pos(s.highFreqFactor, 'highFreqFactor');
+    pos(s.originalMaxPositions, 'originalMaxPositions');
+    if (!(s.highFreqFactor > s.lowFreqFactor)) {
+      throw new FluteError('E_BAD_HEADER', `config ropeScaling: expected highFreqFactor > lowFreqFactor, got ${s.highFreqFactor} and ${s.lowFreqFactor}`);
+    }
   }
 }
 
@@ -368,6 +433,12 @@ function checkWeights(c: LlamaConfig, w: LlamaWeights): void {
     lin(L.w1, c.hiddenDim, c.dim, p + LAYER_LINEARS.w1);
     lin(L.w2, c.dim, c.hiddenDim, p + LAYER_LINEARS.w2);
     lin(L.w3, c.hiddenDim, c.dim, p + LAYER_LINEARS.w3);
+    if (c.qkvBias) {
+      if (!L.bq || !L.bk || !L.bv) throw new FluteError('E_NOT_FOUND', `weights ${p}self_attn: config.qkvBias is set but the q/k/v biases are missing`);
+      vec(L.bq, qDim, p + 'self_attn.q_proj.bias');
+      vec(L.bk, kvDim, p + 'self_attn.k_proj.bias');
+      vec(L.bv, kvDim, p + 'self_attn.v_proj.bias');
+    }
   });
   vec(w.finalNorm, c.dim, 'model.norm.weight');
   lin(w.output, c.vocabSize, c.dim, 'lm_head.weight');

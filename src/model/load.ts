@@ -1,9 +1,11 @@
 // Loads a model file into a runnable LlamaModel on a kernel backend, with its tokenizer. The file is
-// read tensor by tensor; quantized layers go to the backend as they are, dense ones as f32.
+// read tensor by tensor; quantized layers go to the backend as they are, dense ones as f32. The tokenizer
+// is the model's Hugging Face one when it has one (tokenizer.json), else llama2.c's.
 
 import { createBackend, type BackendName } from '../kernels/registry.js';
 import type { KernelBackend } from '../kernels/types.js';
 import type { ComputeType } from '../quant/linear.js';
+import { HfTokenizer } from '../tokenizer/hf.js';
 import { Llama2cTokenizer } from '../tokenizer/llama2c.js';
 import type { Tokenizer } from '../tokenizer/types.js';
 import { LlamaModel } from './llama.js';
@@ -17,7 +19,10 @@ export interface LoadModelOptions {
   /** A llama2.c tokenizer file, when the model does not carry or sit beside one. */
   readonly tokenizer?: string;
   readonly maxBatch?: number;
+  /** Context length (KV cache positions); default min(config.seqLen, maxContext). */
   readonly seqLen?: number;
+  /** Cap on the default context when seqLen is not given (default DEFAULT_MAX_CONTEXT). */
+  readonly maxContext?: number;
   readonly computeType?: ComputeType;
 }
 
@@ -31,17 +36,29 @@ export interface LoadedModel {
   dispose(): void;
 }
 
+/**
+ * The default cap on the context: LLaMA 3.1's 131072 positions would take a KV cache of 8.6 GB even for the
+ * 1B model (16 layers x 131072 x 512 x 2 x f32), allocated up front. Pass seqLen for more.
+ */
+export const DEFAULT_MAX_CONTEXT = 4096;
+
 export async function loadModel(path: string, opts: LoadModelOptions = {}): Promise<LoadedModel> {
   const src = await openModelFile(path, { tokenizer: opts.tokenizer });
   try {
-    const tok = await src.readTokenizer();
-    const tokenizer = Llama2cTokenizer.fromBytes(tok.bytes, src.config.vocabSize, tok.file);
+    // An explicit --tokenizer (llama2.c) wins; otherwise the model's own Hugging Face tokenizer when present.
+    const tokenizer: Tokenizer = src.readHfTokenizer && !opts.tokenizer
+      ? new HfTokenizer(await src.readHfTokenizer(), src.config.vocabSize)
+      : await (async () => {
+        const tok = await src.readTokenizer();
+        return Llama2cTokenizer.fromBytes(tok.bytes, src.config.vocabSize, tok.file);
+      })();
     const weights = await loadLlamaWeights(src.tensors, src.config, (name) =>
       src.quantized.has(name) ? src.readQuantized(name) : undefined,
     );
     const owned = typeof opts.backend !== 'object';
     const backend = typeof opts.backend === 'object' ? opts.backend : await createBackend(opts.backend ?? 'auto', { threads: opts.threads });
-    const model = new LlamaModel(src.config, weights, backend, { maxBatch: opts.maxBatch, seqLen: opts.seqLen, computeType: opts.computeType });
+    const seqLen = opts.seqLen ?? Math.min(src.config.seqLen, opts.maxContext ?? DEFAULT_MAX_CONTEXT);
+    const model = new LlamaModel(src.config, weights, backend, { maxBatch: opts.maxBatch, seqLen, computeType: opts.computeType });
     return {
       model, tokenizer, backend, file: path, format: src.format,
       dispose() {

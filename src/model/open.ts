@@ -1,18 +1,22 @@
-// Opens a model file of any supported container (llama2.c .bin, flute-engine checkpoint) behind one
-// view: config, dense tensors by Hugging Face name, quantized layers, tokenizer bytes. Loading the
-// weights into a runnable model is load.ts's job.
+// Opens a model file of any supported container (llama2.c .bin, flute-engine checkpoint, GGUF, a FLUTE
+// checkpoint folder) behind one view: config, dense tensors by Hugging Face name, quantized layers,
+// tokenizer bytes. Loading the weights into a runnable model is load.ts's job.
 
-import { existsSync } from 'node:fs';
+import { existsSync, statSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import { FluteError } from '../errors.js';
 import { looksLikeSafetensors, openCheckpoint, type QuantizedLayerMeta } from '../format/checkpoint.js';
+import { openFluteModel } from '../format/flute-checkpoint.js';
+import { looksLikeGguf } from '../format/gguf.js';
+import { openGgufModel } from '../format/gguf-llama.js';
+import { checkpointInFolder, openHfModel, readHfTokenizerFiles, type HfTokenizerFiles } from '../format/hf.js';
 import { openLlama2c } from '../format/llama2c.js';
 import { openFileSource } from '../format/source.js';
 import type { TensorReader } from '../format/tensors.js';
 import type { QuantizedLinear } from '../quant/linear.js';
 import type { LlamaConfig } from './config.js';
 
-export type ModelFormat = 'llama2c' | 'flute-checkpoint';
+export type ModelFormat = 'llama2c' | 'flute-checkpoint' | 'gguf' | 'flute' | 'hf';
 
 export interface OpenedModel {
   readonly file: string;
@@ -25,6 +29,8 @@ export interface OpenedModel {
   readQuantized(weightName: string): Promise<QuantizedLinear>;
   /** The tokenizer in llama2.c format, and where it came from. */
   readTokenizer(): Promise<{ bytes: Uint8Array; file: string }>;
+  /** A Hugging Face tokenizer (tokenizer.json and friends) when the model comes with one; load.ts prefers it. */
+  readHfTokenizer?(): Promise<HfTokenizerFiles>;
   close(): Promise<void>;
 }
 
@@ -45,9 +51,19 @@ async function readFileBytes(path: string, what: string): Promise<Uint8Array> {
 }
 
 export async function openModelFile(path: string, opts: { tokenizer?: string } = {}): Promise<OpenedModel> {
+  // A folder is a FLUTE checkpoint (flute_config.json), else a Hugging Face folder (config.json): its own
+  // weights, or the checkpoint `flute quantize` wrote there (model.safetensors) beside HF's tokenizer.
+  if (existsSync(path) && statSync(path).isDirectory()) {
+    if (existsSync(join(path, 'flute_config.json'))) return openFluteModel(path, opts);
+    const ck = await checkpointInFolder(path);
+    if (!ck) return openHfModel(path, opts);
+    const m = await openModelFile(ck, opts);
+    return { ...m, readHfTokenizer: () => readHfTokenizerFiles(path) };
+  }
   const src = await openFileSource(path);
   const head = await src.read(0, Math.min(16, src.size));
   await src.close();
+  if (looksLikeGguf(head)) return openGgufModel(path, opts);
   if (looksLikeSafetensors(head)) {
     const ck = await openCheckpoint(path);
     const quantized = new Map(Object.entries(ck.quantization).map(([base, m]) => [`${base}.weight`, m] as const));

@@ -17,6 +17,10 @@ export interface LayerWeights {
   readonly w1: Linear; // [hiddenDim, dim] mlp.gate_proj
   readonly w2: Linear; // [dim, hiddenDim] mlp.down_proj
   readonly w3: Linear; // [hiddenDim, dim] mlp.up_proj
+  /** q/k/v biases when config.qkvBias (Qwen2), added after the projections. */
+  readonly bq?: Float32Array; // [nHeads*headDim] self_attn.q_proj.bias
+  readonly bk?: Float32Array; // [nKvHeads*headDim] self_attn.k_proj.bias
+  readonly bv?: Float32Array; // [nKvHeads*headDim] self_attn.v_proj.bias
 }
 
 export interface LlamaWeights {
@@ -58,12 +62,20 @@ export function llamaTensorSpecs(c: LlamaConfig): TensorSpec[] {
     const p = `model.layers.${l}.`;
     specs.push({ name: p + 'input_layernorm.weight', shape: [c.dim], linear: false });
     for (const key of ['wq', 'wk', 'wv', 'wo'] as const) specs.push({ name: p + LAYER_LINEARS[key], shape: shapes[key], linear: true });
+    if (c.qkvBias) {
+      for (const [key, n] of [['wq', qDim], ['wk', kvDim], ['wv', kvDim]] as const) specs.push({ name: p + biasName(key), shape: [n], linear: false });
+    }
     specs.push({ name: p + 'post_attention_layernorm.weight', shape: [c.dim], linear: false });
     for (const key of ['w1', 'w2', 'w3'] as const) specs.push({ name: p + LAYER_LINEARS[key], shape: shapes[key], linear: true });
   }
   specs.push({ name: 'model.norm.weight', shape: [c.dim], linear: false });
   if (!c.tiedEmbeddings) specs.push({ name: 'lm_head.weight', shape: [c.vocabSize, c.dim], linear: true });
   return specs;
+}
+
+/** "self_attn.q_proj.weight" -> "self_attn.q_proj.bias". */
+function biasName(key: 'wq' | 'wk' | 'wv'): string {
+  return LAYER_LINEARS[key].replace(/\.weight$/, '.bias');
 }
 
 const showShape = (s: readonly number[]) => `[${s.join(', ')}]`;
@@ -102,6 +114,7 @@ export async function loadLlamaWeights(
       wq: linear(p + LAYER_LINEARS.wq), wk: linear(p + LAYER_LINEARS.wk), wv: linear(p + LAYER_LINEARS.wv), wo: linear(p + LAYER_LINEARS.wo),
       ffnNorm: dense(p + 'post_attention_layernorm.weight'),
       w1: linear(p + LAYER_LINEARS.w1), w2: linear(p + LAYER_LINEARS.w2), w3: linear(p + LAYER_LINEARS.w3),
+      ...(config.qkvBias ? { bq: dense(p + biasName('wq')), bk: dense(p + biasName('wk')), bv: dense(p + biasName('wv')) } : {}),
     });
   }
   const output: Linear = config.tiedEmbeddings

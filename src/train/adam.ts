@@ -15,7 +15,7 @@ export class Adam {
   private readonly m: F64[]; // first moments, one per parameter array
   private readonly v: F64[]; // second moments
   private t = 0; // steps taken
-  readonly lr: number;
+  lr: number; // may be changed between steps (a schedule)
   private readonly b1: number;
   private readonly b2: number;
   private readonly eps: number;

@@ -71,7 +71,7 @@ export async function demoCommand(argv: string[]): Promise<number> {
   const nf4 = rows[1].file;
   const loaded = await loadModel(nf4, { backend, threads });
   const prompt = 'Once upon a time';
-  console.log(`A story from ${nf4} (${loaded.backend.info().variant}, temperature 0.8, seed ${seed}):\n`);
+  console.log(`A story from ${nf4} (${loaded.backend.info().variant.split(';')[0]}, temperature 0.8, seed ${seed}):\n`);
   process.stdout.write(prompt);
   const stats = createGenerationStats();
   for await (const piece of generate(loaded.model, loaded.tokenizer, prompt, { maxTokens: DEFAULTS.storyTokens, temperature: 0.8, topP: 0.9, topK: 0, seed, stats })) {

@@ -76,7 +76,7 @@ export async function runCommand(argv: string[]): Promise<number> {
     }, null, 2));
   } else {
     process.stdout.write('\n');
-    console.error(`\n${stats.generatedTokens} tokens, ${tokensPerSecond.toFixed(1)} tokens/s (prefill ${stats.promptTokens} tokens at ${prefillTokensPerSecond.toFixed(1)} tokens/s) on ${info.name}: ${info.variant}${ac.signal.aborted ? ' [stopped]' : ''}`);
+    console.error(`\n${stats.generatedTokens} tokens, ${tokensPerSecond.toFixed(1)} tokens/s (prefill ${stats.promptTokens} tokens at ${prefillTokensPerSecond.toFixed(1)} tokens/s) on ${info.name}: ${info.variant.split(';')[0]}${ac.signal.aborted ? ' [stopped]' : ''}`);
   }
   return 0;
 }
