@@ -19,7 +19,10 @@ const DEFAULTS = {
   maxCaseMs: 1500, // per-case time budget: slow cases stop after 3 repetitions
 };
 
-const HELP = `Usage: flute bench kernels [--backend wasm] [--shape NxK ...] [--m LIST] [--bits LIST]
+const HELP = `Usage: flute bench kernels|e2e ...      (flute bench e2e --help: whole models, tokens/s and memory)
+       flute bench vs-llama-cpp ...     (the same GGUF file in llama.cpp and flute-engine, tokens/s)
+
+       flute bench kernels [--backend wasm] [--shape NxK ...] [--m LIST] [--bits LIST]
                           [--group-size LIST] [--threads LIST] [--activations int8|f32]
                           [--reps N] [--json] [--out FILE] [--update-md BENCHMARKS.md]
 
@@ -28,7 +31,8 @@ measured round-robin in the same run): median of several rounds after a warm-up.
 the bytes the kernel streams (restructured indices + f32 scales); the speed-up is the median of the
 per-round dense/LUT time ratios.
 
-  --backend       kernel backend (wasm)
+  --backend       kernel backend: wasm, or webgpu (the GPU's dense kernel is the baseline; --threads
+                  does not apply; the table names the adapter)
   --shape NxK     output x input features, repeatable (default: LLaMA-3-8B's 4096x4096, 1024x4096,
                   14336x4096, 4096x14336, and 8192x8192)
   --m             batch rows, comma list (default 1,4,16,32)
@@ -87,29 +91,57 @@ function writeAtomic(file: string, text: string): void {
 const BEGIN = '<!-- kernels:begin -->';
 const END = '<!-- kernels:end -->';
 
+/** Replaces the text between two markers of a Markdown file, or appends the section under `title`. */
+function replaceMarkedSection(file: string, begin: string, end: string, body: string, title: string): void {
+  const section = `${begin}\n${body}\n${end}`;
+  let text = existsSync(file) ? readFileSync(file, 'utf8') : '# Benchmarks\n\n';
+  const a = text.indexOf(begin);
+  const b = text.indexOf(end);
+  if (a >= 0 && b > a) text = text.slice(0, a) + section + text.slice(b + end.length);
+  else text = `${text.trimEnd()}\n\n## ${title}\n\n${section}\n`;
+  writeAtomic(file, text);
+}
+
+/** flute bench kernels --backend webgpu: the same matrix on the GPU, against its dense kernel. */
+async function benchWebGpu(p: Parsed, argv: string[]): Promise<number> {
+  const { runWebGpuKernelBench, formatWebGpuBenchTable } = await import('../../bench/kernels-webgpu.js');
+  const rows = await runWebGpuKernelBench({
+    shapes: shapes(p),
+    m: intList(p, 'm', DEFAULTS.m, 1, 4096),
+    bits: intList(p, 'bits', DEFAULTS.bits, 1, 8),
+    groupSizes: intList(p, 'group-size', DEFAULTS.groupSize, 1, 1 << 20),
+    log: (line) => process.stderr.write(line + '\n'),
+  });
+  const table = formatWebGpuBenchTable(rows);
+  const out = str(p, 'out');
+  if (out) writeAtomic(out, JSON.stringify(rows, null, 2) + '\n');
+  const md = str(p, 'update-md');
+  if (md) {
+    const body = [`Command: \`${['flute bench', ...argv].join(' ')}\``, '', `Adapter: ${rows[0]?.adapter ?? 'none'}; ${new Date().toISOString().slice(0, 10)}.`, '', table].join('\n');
+    replaceMarkedSection(md, '<!-- kernels-webgpu:begin -->', '<!-- kernels-webgpu:end -->', body, 'WebGPU kernels');
+  }
+  console.log(p.values.json ? JSON.stringify(rows, null, 2) : table);
+  return 0;
+}
+
 /** Replaces the marked section of a Markdown file (creating the file or section when missing). */
 export function updateBenchmarksMarkdown(file: string, rows: readonly KernelBenchRow[], command: string, when = new Date()): void {
   const cpu = os.cpus()[0]?.model?.trim() ?? 'unknown CPU';
   const variants = [...new Set(rows.map((r) => r.variant.replace(/, \d+ threads?/, '')))];
-  const section = [
-    BEGIN,
+  const body = [
     `Command: \`${command}\``,
     '',
     `Machine: ${cpu}, ${os.cpus().length} logical cores, Node ${process.versions.node} (V8 ${process.versions.v8}), ${process.platform}-${process.arch}; ${when.toISOString().slice(0, 10)}.`,
     `Backend variant(s): ${variants.join(' | ')}.`,
     '',
     formatBenchTable(rows),
-    END,
   ].join('\n');
-  let text = existsSync(file) ? readFileSync(file, 'utf8') : '# Benchmarks\n\n';
-  const a = text.indexOf(BEGIN);
-  const b = text.indexOf(END);
-  if (a >= 0 && b > a) text = text.slice(0, a) + section + text.slice(b + END.length);
-  else text = `${text.trimEnd()}\n\n## Kernels\n\n${section}\n`;
-  writeAtomic(file, text);
+  replaceMarkedSection(file, BEGIN, END, body, 'Kernels');
 }
 
 export async function benchCommand(argv: string[]): Promise<number> {
+  if (argv[0] === 'e2e') return (await import('./bench-e2e.js')).benchE2eCommand(argv.slice(1)); // flute bench e2e --help
+  if (argv[0] === 'vs-llama-cpp') return (await import('./bench-vs-llama-cpp.js')).benchVsLlamaCppCommand(argv.slice(1)); // flute bench vs-llama-cpp --help
   const p = parse('bench', argv, {
     backend: { type: 'string' },
     shape: { type: 'string', multiple: true },
@@ -127,7 +159,8 @@ export async function benchCommand(argv: string[]): Promise<number> {
   if (what !== 'kernels' || p.positionals.length > 1) {
     throw new FluteError('E_OPTION', `expected "kernels" as the first argument, got ${JSON.stringify(p.positionals.join(' ') || '')} (see flute bench --help)`);
   }
-  const backend = oneOf(p, 'backend', ['wasm'] as const, 'wasm');
+  const backend = oneOf(p, 'backend', ['wasm', 'webgpu'] as const, 'wasm');
+  if (backend === 'webgpu') return benchWebGpu(p, argv);
   const activations = str(p, 'activations') === undefined ? undefined : oneOf(p, 'activations', ['int8', 'f32'] as const, 'int8');
   const rows = await runKernelBench({
     backend,

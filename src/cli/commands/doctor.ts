@@ -9,8 +9,9 @@ import { BACKEND_OPTIONS, backendChoice } from '../backend-options.js';
 
 const HELP = `Usage: flute doctor [--threads N] [--json]
 
-Prints the runtime (Node, cores, memory, WebAssembly features), every kernel backend with its variant,
-and a check of each against the reference backend on small random layers.`;
+Prints the runtime (Node, cores, memory, WebAssembly features), every kernel backend with its variant
+(WebGPU: the adapter, its limits and features), and a check of each against the reference backend on
+small random layers.`;
 
 function wasmFeature(bytes: number[]): boolean {
   try {
@@ -51,9 +52,12 @@ export async function doctorCommand(argv: string[]): Promise<number> {
       backends.push({ name, available: false, reason: (e as Error).message });
     }
   }
-  backends.push({ name: 'webgpu', available: false, reason: 'not built yet in this version' });
+  // WebGPU is asynchronous, so it has its own report: adapter, limits, features and its self-check.
+  const { webgpuDoctorReport, formatWebGpuDoctor } = await import('../../kernels/webgpu/doctor.js');
+  const gpu = await webgpuDoctorReport();
+  if (gpu.available) allOk &&= gpu.ok;
   if (p.values.json) {
-    console.log(JSON.stringify({ runtime, backends }, null, 2));
+    console.log(JSON.stringify({ runtime, backends, webgpu: gpu }, null, 2));
     return allOk ? 0 : 1;
   }
   console.log(`runtime: Node ${runtime.node} (V8 ${runtime.v8}) on ${runtime.platform}, ${runtime.cores} cores, ${(runtime.memoryBytes / 2 ** 30).toFixed(1)} GiB`);
@@ -66,5 +70,6 @@ export async function doctorCommand(argv: string[]): Promise<number> {
     console.log(`backend ${b.name}: ${b.variant}: ${b.ok ? 'agrees with the reference' : 'DISAGREES with the reference'} (tolerance ${b.tolerance})`);
     for (const c of b.checks ?? []) console.log(`  ${c.ok ? 'ok  ' : 'FAIL'} ${c.id} rel. error ${c.relErr.toExponential(2)}`);
   }
+  for (const line of formatWebGpuDoctor(gpu)) console.log(line);
   return allOk ? 0 : 1;
 }
