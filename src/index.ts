@@ -1,7 +1,7 @@
 // The library's public API: load and run models, quantize, and call kernels directly.
 
 export { FluteError, type ErrorCode } from './errors.js';
-export type { LlamaConfig, RopeLayout } from './model/config.js';
+export type { LlamaConfig, RopeLayout, RopeScaling } from './model/config.js';
 export { loadModel, type LoadModelOptions, type LoadedModel } from './model/load.js';
 export { openModelFile, type OpenedModel } from './model/open.js';
 export { LlamaModel } from './model/llama.js';
@@ -10,6 +10,9 @@ export { sample, createRng, type SamplerOptions } from './model/sampler.js';
 export { perplexity } from './eval/perplexity.js';
 export type { Tokenizer } from './tokenizer/types.js';
 export { Llama2cTokenizer } from './tokenizer/llama2c.js';
+export { HfTokenizer, type ChatMessage } from './tokenizer/hf.js';
+export { ChatSession, createReplyStats, type ChatSessionOptions, type ReplyStats } from './model/chat.js';
+export { openHfModel, openHfSafetensors, llamaConfigFromHf, HF_ARCHITECTURES } from './format/hf.js';
 export { quantizeRtn, type QuantizeOptions, type QuantizeError } from './quant/rtn.js';
 export { quantizeModel, type QuantizeModelOptions, type QuantizeModelReport } from './quant/quantize-model.js';
 export { buildTable, nfTable, TABLE_KINDS, type TableKind } from './quant/tables.js';

@@ -12,7 +12,7 @@ const COMMANDS: Record<string, { summary: string; load: () => Promise<Command> }
   eval: { summary: 'perplexity over a text file in fixed windows', load: async () => (await import('./commands/eval.js')).evalCommand },
   inspect: { summary: 'format, tensors, shapes, dtypes, bits, group sizes and sizes of a file', load: async () => (await import('./commands/inspect.js')).inspectCommand },
   doctor: { summary: 'runtime capabilities and kernel backends, each checked against the reference', load: async () => (await import('./commands/doctor.js')).doctorCommand },
-  bench: { summary: 'kernel benchmarks (flute bench kernels --help)', load: async () => (await import('./bench.js')).benchCommand },
+  bench: { summary: 'kernel and end-to-end benchmarks (flute bench kernels|e2e --help)', load: async () => (await import('./bench.js')).benchCommand },
   demo: { summary: 'the bundled demo: quantize stories260K, compare perplexity, tell a story', load: async () => (await import('./commands/demo.js')).demoCommand },
 };
 
