@@ -70,7 +70,7 @@ const bitsOf = (w: E2eWeights): number | null => (w === 'f32' ? null : Number(w[
 // model's 4.9 GB of linear weights. Layers go to the first backend with room; each matmul runs on the
 // backend that prepared its layer. (Bench-only: the runtime proper would do this inside the backend.)
 
-function spanningBackend(parts: readonly KernelBackend[]): KernelBackend {
+export function spanningBackend(parts: readonly KernelBackend[]): KernelBackend {
   if (parts.length === 1) return parts[0];
   const owner = new WeakMap<PreparedLinear, KernelBackend>();
   let current = 0;

@@ -24,3 +24,8 @@ export { createRefBackend } from './kernels/ref/index.js';
 export { openSafetensors, writeSafetensors } from './format/safetensors.js';
 export { openCheckpoint } from './format/checkpoint.js';
 export { openLlama2c } from './format/llama2c.js';
+export { openGguf, writeGguf, serializeGguf, type GgufFile, type GgufValue, type GgufWriteSpec } from './format/gguf.js';
+export { openGgufModel, writeLlamaGguf, GGUF_WRITE_TYPES, type GgufWriteType, type GgufExportReport } from './format/gguf-llama.js';
+export { blocksToLinear, linearToBlocks, quantizeToLutBlocks, GGML_TYPES } from './format/ggml-types.js';
+export { packFlute, unpackFlute, fluteTables2, fluteShapeProblem } from './format/flute-pack.js';
+export { openFluteModel, writeFluteCheckpoint, type FluteExportReport } from './format/flute-checkpoint.js';

@@ -445,9 +445,19 @@ class ByteWriter {
     return at;
   }
 
-  u32(v: number) { this.view.setUint32(this.grow(4), v, true); }
-  u64(v: number) { this.view.setBigUint64(this.grow(8), BigInt(v), true); }
-  bytes(b: Uint8Array) { this.buf.set(b, this.grow(b.length)); }
+  // grow() may swap buf and view, so each writer takes the offset first and only then the buffer.
+  u32(v: number) {
+    const at = this.grow(4);
+    this.view.setUint32(at, v, true);
+  }
+  u64(v: number) {
+    const at = this.grow(8);
+    this.view.setBigUint64(at, BigInt(v), true);
+  }
+  bytes(b: Uint8Array) {
+    const at = this.grow(b.length);
+    this.buf.set(b, at);
+  }
   string(s: string) {
     const b = new TextEncoder().encode(s);
     this.u64(b.length);

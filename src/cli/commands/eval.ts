@@ -8,6 +8,7 @@ import { atMostOnePositional, isPosInt, num, parse, str } from '../args.js';
 import { BACKEND_HELP, BACKEND_OPTIONS, backendChoice } from '../backend-options.js';
 import { bundledEvalTextPath, bundledModelPath } from '../paths.js';
 import { progressBar } from '../progress.js';
+import { rejectSweepOptions, SWEEP_HELP, SWEEP_OPTIONS, sweepCommand } from './eval-sweep.js';
 
 const DEFAULTS = {
   window: 256, // tokens per window, each scored from a fresh context
@@ -24,11 +25,17 @@ Options:
   --max-windows N      score only the first N windows (default: all)
 ${BACKEND_HELP}
   --json               print {perplexity, nll, tokens, window, windows, ...}
+  NFL checkpoints calibrated on the default text were trained on the excerpt's last 20%: score them
+  with --sweep, or on text that excludes it.
 
-Example: flute eval stories-nf3.safetensors --text data/wiki.test.raw --window 512 --max-windows 20`;
+${SWEEP_HELP}
+
+Examples:
+  flute eval stories-nf3.safetensors --text data/wiki.test.raw --window 512 --max-windows 20
+  flute eval --sweep --out QUALITY.md`;
 
 export async function evalCommand(argv: string[]): Promise<number> {
-  const p = parse('eval', argv, { ...BACKEND_OPTIONS, text: { type: 'string' }, window: { type: 'string' }, 'max-windows': { type: 'string' } });
+  const p = parse('eval', argv, { ...BACKEND_OPTIONS, ...SWEEP_OPTIONS, text: { type: 'string' }, window: { type: 'string' }, 'max-windows': { type: 'string' } });
   if (p.values.help) return console.log(HELP), 0;
   const modelPath = atMostOnePositional('eval', p) ?? bundledModelPath();
   const textPath = str(p, 'text') ?? bundledEvalTextPath();
@@ -36,6 +43,8 @@ export async function evalCommand(argv: string[]): Promise<number> {
   const maxWindows = p.values['max-windows'] === undefined ? undefined : num(p, 'max-windows', 1, isPosInt, 'a positive integer');
   const json = Boolean(p.values.json);
   const { backend, threads } = backendChoice(p);
+  if (p.values.sweep) return sweepCommand(p, argv, atMostOnePositional('eval', p), { window, maxWindows, backend, threads });
+  rejectSweepOptions(p);
   let text: string;
   try {
     text = await readFile(textPath, 'utf8');
