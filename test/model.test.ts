@@ -61,7 +61,7 @@ const RUNC_GREEDY =
   'Lily was sad and didn\'t know what to do. She said, "I\'m sorry, Lily. I didn\'t know what to do."\n' +
   'Lily didn\'t want to help her mom, so she said, "I\'m sorry, mom. I didn\'t know what to do." Her mom said, "Don\'t worry, Lily. We can help you.';
 
-test('fp32 greedy: 200 tokens from "Once upon a time" match llama2.c, and llama.cpp up to its near-tie', async () => {
+test('fp32 greedy: 200 tokens from "Once upon a time" match llama2.c run.c', async () => {
   const stats = createGenerationStats();
   const pieces = await collect(generate(newModel(), tokenizer, 'Once upon a time', { ...GREEDY, stats }));
   const text = pieces.join('');
@@ -84,13 +84,29 @@ test('fp32 greedy: 200 tokens from "Once upon a time" match llama2.c, and llama.
   }
   assert.equal(tokenizer.decode(ids), 'Once upon a time' + text);
 
-  // llama.cpp's continuation (data/greedy-reference.json) agrees for 181 tokens. At token 182 the top two
-  // logits (" d" and " said") are 0.004 apart, the closest call of all 200, and llama.cpp's own
-  // rounding (f16 KV cache, other summation order) picks " said".
-  const reference = JSON.parse(readFileSync(repoFile('data/greedy-reference.json'), 'utf8')) as { continuation: string };
-  const agreed = tokenizer.decode(ids.slice(4, 5 + 181)).slice(' time'.length); // the prompt's last token, then 181
-  assert.ok(reference.continuation.startsWith(agreed + ' said'), JSON.stringify(agreed.slice(-40)));
+  // The closest call of the run: at token 182 the top two logits (" d" and " said") are under 0.01 apart.
   assert.ok(gaps[181] < 0.01 && gaps.every((g) => g >= gaps[181]), `gap ${gaps[181]}`);
+});
+
+test('fp32 greedy: llama.cpp\'s 200-token reference text (data/greedy-reference.json), token for token', () => {
+  // llama.cpp's text came from node-llama-cpp's LlamaCompletion, which tokenizes the prompt without
+  // SentencePiece's dummy-prefix space: BOS, "O", "n", "ce", " upon", " a", " time" (our encode() adds
+  // the space, as llama2.c does, giving BOS " Once" " upon" " a" " time"). From the same ids, the two
+  // engines agree on all 200 tokens.
+  const prompt = [1, 441, 416, 331, 407, 261, 378];
+  assert.deepEqual(prompt.slice(1).map((t) => tokenizer.piece(t)), ['O', 'n', 'ce', ' upon', ' a', ' time']);
+  const reference = JSON.parse(readFileSync(repoFile('data/greedy-reference.json'), 'utf8')) as { continuation: string };
+  const model = newModel();
+  const ids = [...prompt];
+  let logits = model.forward(ids, 0);
+  for (let i = 0; i < 200; i++) {
+    let best = 0;
+    for (let t = 1; t < logits.length; t++) if (logits[t] > logits[best]) best = t;
+    ids.push(best);
+    logits = model.forward([best], ids.length - 1);
+  }
+  // Decoding from the prompt's last token (" time") keeps the spaces exactly as llama.cpp printed them.
+  assert.equal(tokenizer.decode(ids.slice(prompt.length - 1)).slice(' time'.length), reference.continuation);
 });
 
 test('batched prefill gives the logits of token-by-token forward, in any chunking', () => {
