@@ -90,8 +90,10 @@ test('flute eval --sweep and flute quantize --method nfl run from the command li
   const out = join(dir, 'Q.md');
   const ck = join(dir, 'nfl.safetensors');
   const printed: string[] = [];
-  const log = console.log;
+  const errors: string[] = [];
+  const { log, error } = console;
   console.log = (...a: unknown[]) => void printed.push(a.join(' '));
+  console.error = (...a: unknown[]) => void errors.push(a.join(' '));
   try {
     const sweepArgs = ['--sweep', '--methods', 'fp32,nf,nfl', '--bits', '4', '--group-sizes', '32', '--window', '32', '--max-windows', '1', '--calib-sequences', '2', '--calib-length', '17', '--backend', 'ref', '--out', out, '--json'];
     assert.equal(await main(['eval', ...sweepArgs]), 0);
@@ -100,7 +102,10 @@ test('flute eval --sweep and flute quantize --method nfl run from the command li
     assert.equal(await main(['eval', '--out', out]), 2, 'sweep options without --sweep are refused');
   } finally {
     console.log = log;
+    console.error = error;
   }
+  assert.match(errors[0], /E_OPTION: --calib .*this is the scored --text/);
+  assert.match(errors[1], /E_OPTION: --out: only with --sweep/);
   const md = readFileSync(out, 'utf8');
   assert.ok(md.includes(['flute eval', ...['--sweep', '--methods', 'fp32,nf,nfl']].join(' ')));
   assert.equal(JSON.parse(printed[0]).rows.length, 6); // fp32, NF4, NFL4 on two texts

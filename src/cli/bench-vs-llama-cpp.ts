@@ -97,7 +97,7 @@ async function updateMarkdown(file: string, rows: readonly RaceRow[], command: s
     `Command: \`${command}\``,
     '',
     `Machine: ${cpu}, ${os.cpus().length} logical cores, ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB, Node ${process.versions.node}, ${process.platform}-${process.arch}; load average ${os.loadavg()[0].toFixed(1)} at the end; ${new Date().toISOString().slice(0, 10)}.`,
-    `flute-engine: ${rows[0]?.fluteVariant ?? '-'}.`,
+    `flute-engine: ${rows[0]?.fluteVariant.replace(/, \d+ threads?/, '') ?? '-'}.`,
     `llama.cpp: ${rows[0]?.llamaCppVersion ?? '-'}.`,
     '',
     formatRaceTable(rows),
