@@ -18,6 +18,8 @@ import { quantizeRtn } from '../quant/rtn.js';
 import { buildTable, TABLE_KINDS, type TableKind } from '../quant/tables.js';
 import { writeFileAtomic } from './atomic.js';
 import type { QuantizedLayerMeta } from './checkpoint.js';
+import { metaInt } from './gguf.js';
+import { isGgufModel } from './gguf-llama.js';
 import { HF_CHAT_TEMPLATE, HF_CONFIG, HF_GENERATION_CONFIG, HF_TOKENIZER, HF_TOKENIZER_CONFIG, llamaConfigFromHf, openHfSafetensors, readHfTokenizerFiles } from './hf.js';
 import { FLUTE_GROUP_SIZES, fluteShapeProblem, flutePackedRows, fluteTables2, isFluteBits, packFlute, unpackFlute, type FluteBits } from './flute-pack.js';
 import { bf16ArrayToF32, f16ArrayToF32, f32ArrayToBf16, f32ArrayToF16, F16_MAX } from './half.js';
@@ -430,8 +432,8 @@ export async function writeFluteCheckpoint(src: OpenedModel, outDir: string, opt
 /**
  * config.json for the output: the source folder's own (a Hugging Face folder, or one `flute quantize`
  * wrote) with torch_dtype float16 and no quantization_config, so every field transformers reads
- * (token ids, rope_scaling...) survives; otherwise one built from the config, BOS/EOS 1/2 as in
- * llama2.c and SentencePiece GGUF vocabularies.
+ * (token ids, rope_scaling...) survives; otherwise one built from the config, with a GGUF source's
+ * BOS/EOS ids or llama2.c's 1/2.
  */
 async function hfConfigFor(src: OpenedModel): Promise<Json> {
   const { existsSync } = await import('node:fs');
@@ -442,7 +444,11 @@ async function hfConfigFor(src: OpenedModel): Promise<Json> {
     const { quantization_config: _dropped, ...rest } = j;
     return { ...rest, torch_dtype: 'float16' };
   }
-  return configToHf({ ...src.config, ropeLayout: 'half' }, 'float16');
+  // A GGUF source names its own special tokens; llama2.c's are always 1 and 2.
+  const ids = isGgufModel(src)
+    ? { bos: metaInt(src.gguf, 'tokenizer.ggml.bos_token_id') ?? 1, eos: metaInt(src.gguf, 'tokenizer.ggml.eos_token_id') ?? 2 }
+    : undefined;
+  return configToHf({ ...src.config, ropeLayout: 'half' }, 'float16', ids);
 }
 
 /** The dense tensors: f32 straight from the reader, or a dequantized source layer (e.g. a quantized lm_head). */

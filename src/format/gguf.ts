@@ -7,7 +7,7 @@
 import { FluteError } from '../errors.js';
 import { writeFileAtomic } from './atomic.js';
 import { GGML_TYPES, ggmlTensorBytes, ggmlTypeById, type GgmlTypeName, type GgmlTypeTraits } from './ggml-types.js';
-import { resolveSource, type ByteSource } from './source.js';
+import { parseSource, type ByteSource } from './source.js';
 
 export const GGUF_MAGIC = 0x46554747; // "GGUF" read as a little-endian u32
 export const GGUF_VERSION = 3; // what we write; 2 reads the same way (3 added big-endian files, which we refuse)
@@ -237,13 +237,7 @@ async function readValue(c: Cursor, type: GgufValueType, what: string, depth: nu
  * On success the reader owns the source; on failure a source passed in stays open (the caller's).
  */
 export async function openGguf(source: ByteSource | string): Promise<GgufFile> {
-  const { src, owned } = await resolveSource(source);
-  try {
-    return await parse(src);
-  } catch (e) {
-    if (owned) await src.close().catch(() => undefined);
-    throw e;
-  }
+  return parseSource(source, parse);
 }
 
 async function parse(src: ByteSource): Promise<GgufFile> {

@@ -6,7 +6,7 @@ import { FluteError } from '../errors.js';
 import type { LlamaConfig } from '../model/config.js';
 import { writeFileAtomic } from './atomic.js';
 import { bytesToF32, typedArrayBytes } from './safetensors.js';
-import { resolveSource, type ByteSource } from './source.js';
+import { parseSource, type ByteSource } from './source.js';
 import { numel, type TensorInfo, type TensorReader } from './tensors.js';
 
 export const LLAMA2C_HEADER_BYTES = 28;
@@ -92,13 +92,7 @@ const describe = (c: LlamaConfig) =>
  * checked before any tensor is read. The reader owns the source on success, as openSafetensors.
  */
 export async function openLlama2c(source: ByteSource | string): Promise<Llama2cReader> {
-  const { src, owned } = await resolveSource(source);
-  try {
-    return await parse(src);
-  } catch (e) {
-    if (owned) await src.close().catch(() => undefined);
-    throw e;
-  }
+  return parseSource(source, parse);
 }
 
 async function parse(src: ByteSource): Promise<Llama2cReader> {

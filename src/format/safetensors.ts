@@ -5,7 +5,7 @@
 import { FluteError } from '../errors.js';
 import { writeFileAtomic } from './atomic.js';
 import { bf16ArrayToF32, f16ArrayToF32 } from './half.js';
-import { resolveSource, type ByteSource } from './source.js';
+import { parseSource, type ByteSource } from './source.js';
 import { DTYPE_BYTES, type Dtype, type TensorInfo, type TensorReader } from './tensors.js';
 
 /** Hugging Face's own cap on the JSON header. */
@@ -71,13 +71,7 @@ function u64le(b: Uint8Array): number {
  * closes it; on failure a source passed in stays open (the caller's), one opened from a path is closed.
  */
 export async function openSafetensors(source: ByteSource | string): Promise<SafetensorsReader> {
-  const { src, owned } = await resolveSource(source);
-  try {
-    return await parse(src);
-  } catch (e) {
-    if (owned) await src.close().catch(() => undefined);
-    throw e;
-  }
+  return parseSource(source, parse);
 }
 
 async function parse(src: ByteSource): Promise<SafetensorsReader> {

@@ -99,3 +99,17 @@ export function memorySource(bytes: Uint8Array, name = '<memory>'): ByteSource {
 export async function resolveSource(source: ByteSource | string): Promise<{ src: ByteSource; owned: boolean }> {
   return typeof source === 'string' ? { src: await openFileSource(source), owned: true } : { src: source, owned: false };
 }
+
+/**
+ * Runs a container parser over `source`. On success the parsed reader owns the source; on failure a
+ * source opened here from a path is closed, and a ByteSource passed in stays open (the caller's).
+ */
+export async function parseSource<T>(source: ByteSource | string, parse: (src: ByteSource) => Promise<T>): Promise<T> {
+  const { src, owned } = await resolveSource(source);
+  try {
+    return await parse(src);
+  } catch (e) {
+    if (owned) await src.close().catch(() => undefined);
+    throw e;
+  }
+}

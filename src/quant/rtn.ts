@@ -3,7 +3,7 @@
 // index of its nearest table entry. Returns the canonical QuantizedLinear and its error statistics.
 
 import { FluteError } from '../errors.js';
-import { F16_MAX, roundToF16 } from '../format/half.js';
+import { roundToF16 } from '../format/half.js';
 import { groupsPerRow, type QuantizedLinear, type ScaleDtype } from './linear.js';
 import { packIndices } from './packing.js';
 import { buildTable, type TableKind } from './tables.js';
@@ -64,13 +64,18 @@ function scaleRule(table: Float32Array): { max: number; signedExtreme: number | 
   return { max, signedExtreme: hasPos && hasNeg ? null : hasPos ? max : -max };
 }
 
-/** Quantizes weight [N, K] (row-major f32). `name` names the tensor in errors. */
-export function quantizeRtn(
+/**
+ * The loop both quantizers share: per (row, group), `rawScale` gives the scale, which is rounded to
+ * scaleDtype; then each weight takes the index of the table entry nearest w / s (a zero scale takes
+ * the entry nearest 0), and the error statistics are gathered.
+ */
+function quantizeGroups(
   weight: Float32Array,
   n: number,
   k: number,
   opts: QuantizeOptions,
-  name = 'weight',
+  name: string,
+  rawScale: (r: number, gi: number, start: number, end: number, table: Float32Array) => number,
 ): { layer: QuantizedLinear; error: QuantizeError } {
   const { bits, groupSize } = opts;
   const scaleDtype = opts.scaleDtype ?? 'f16';
@@ -83,34 +88,27 @@ export function quantizeRtn(
   const table = buildTable(opts.tableKind, bits, opts.tableValues, `${name}: table`);
   const nearest = new NearestEntry(table);
   const zeroIdx = nearest.find(0);
-  const rule = scaleRule(table);
   const groups = groupsPerRow(k, groupSize);
   const scales = new Float32Array(n * groups); // [N, G]
   const indices = new Uint8Array(n * k); // [N, K] one index per byte until packed
   let sqErr = 0;
   let sqW = 0;
   let maxAbs = 0;
-
   for (let r = 0; r < n; r++) {
     for (let gi = 0; gi < groups; gi++) {
       const start = r * k + gi * groupSize;
       const end = r * k + Math.min(k, (gi + 1) * groupSize);
-      let ext = 0; // the signed value of largest magnitude
+      const raw = rawScale(r, gi, start, end, table);
+      const s = scaleDtype === 'f16' ? roundToF16(raw) : Math.fround(raw);
+      if (!Number.isFinite(s)) {
+        throw new FluteError('E_OPTION', `${name}: row ${r}, group ${gi} needs scale ${raw}, beyond ${scaleDtype}${scaleDtype === 'f16' ? '; use --scale-dtype f32' : ''}`);
+      }
+      scales[r * groups + gi] = s;
       for (let i = start; i < end; i++) {
         const w = weight[i];
         if (!Number.isFinite(w)) {
           throw new FluteError('E_NONFINITE', `${name}: weight at row ${r}, column ${i - r * k} is ${w}; expected finite values`);
         }
-        if (Math.abs(w) > Math.abs(ext)) ext = w;
-      }
-      let s = rule.signedExtreme === null ? Math.abs(ext) / rule.max : ext / rule.signedExtreme;
-      s = scaleDtype === 'f16' ? roundToF16(s) : Math.fround(s);
-      if (!Number.isFinite(s) || Math.abs(s) > (scaleDtype === 'f16' ? F16_MAX : Infinity)) {
-        throw new FluteError('E_OPTION', `${name}: row ${r}, group ${gi} needs scale ${ext / rule.max}, beyond f16; use --scale-dtype f32`);
-      }
-      scales[r * groups + gi] = s;
-      for (let i = start; i < end; i++) {
-        const w = weight[i];
         const q = s === 0 ? zeroIdx : nearest.find(w / s);
         indices[i] = q;
         const e = Math.fround(table[q] * s) - w;
@@ -124,8 +122,30 @@ export function quantizeRtn(
   const layer: QuantizedLinear = {
     kind: 'quantized', n, k, bits, groupSize, tableKind: opts.tableKind, table, scaleDtype, scales, packed,
   };
-  const mse = sqErr / (n * k);
-  return { layer, error: { mse, maxAbs, relRmse: sqW > 0 ? Math.sqrt(sqErr / sqW) : 0 } };
+  return { layer, error: { mse: sqErr / (n * k), maxAbs, relRmse: sqW > 0 ? Math.sqrt(sqErr / sqW) : 0 } };
+}
+
+/** Quantizes weight [N, K] (row-major f32) with absmax scales. `name` names the tensor in errors. */
+export function quantizeRtn(
+  weight: Float32Array,
+  n: number,
+  k: number,
+  opts: QuantizeOptions,
+  name = 'weight',
+): { layer: QuantizedLinear; error: QuantizeError } {
+  let rule: ReturnType<typeof scaleRule> | undefined;
+  return quantizeGroups(weight, n, k, opts, name, (r, gi, start, end, table) => {
+    rule ??= scaleRule(table);
+    let ext = 0; // the signed value of largest magnitude
+    for (let i = start; i < end; i++) {
+      const w = weight[i];
+      if (!Number.isFinite(w)) {
+        throw new FluteError('E_NONFINITE', `${name}: weight at row ${r}, column ${i - r * k} is ${w}; expected finite values`);
+      }
+      if (Math.abs(w) > Math.abs(ext)) ext = w;
+    }
+    return rule.signedExtreme === null ? Math.abs(ext) / rule.max : ext / rule.signedExtreme;
+  });
 }
 
 /**
@@ -141,44 +161,13 @@ export function quantizeWithScales(
   opts: QuantizeOptions,
   name = 'weight',
 ): { layer: QuantizedLinear; error: QuantizeError } {
-  const { bits, groupSize } = opts;
-  const scaleDtype = opts.scaleDtype ?? 'f16';
-  if (!Number.isInteger(groupSize) || groupSize < 1) {
-    throw new FluteError('E_OPTION', `group size: expected a positive integer, got ${groupSize}`);
-  }
-  if (weight.length !== n * k) throw new FluteError('E_SHAPE', `${name}: expected ${n}x${k} = ${n * k} values, got ${weight.length}`);
-  const groups = groupsPerRow(k, groupSize);
-  if (givenScales.length !== n * groups) {
+  const groups = groupsPerRow(k, opts.groupSize);
+  if (Number.isInteger(opts.groupSize) && opts.groupSize >= 1 && givenScales.length !== n * groups) {
     throw new FluteError('E_SHAPE', `${name}: scales: expected ${n}x${groups} = ${n * groups} values, got ${givenScales.length}`);
   }
-  const table = buildTable(opts.tableKind, bits, opts.tableValues, `${name}: table`);
-  const nearest = new NearestEntry(table);
-  const zeroIdx = nearest.find(0);
-  const scales = new Float32Array(n * groups); // [N, G]
-  const indices = new Uint8Array(n * k); // [N, K]
-  let sqErr = 0;
-  let sqW = 0;
-  let maxAbs = 0;
-  for (let r = 0; r < n; r++) {
-    for (let gi = 0; gi < groups; gi++) {
-      const raw = givenScales[r * groups + gi];
-      const s = scaleDtype === 'f16' ? roundToF16(raw) : Math.fround(raw);
-      if (!Number.isFinite(s)) throw new FluteError('E_NONFINITE', `${name}: row ${r}, group ${gi}: scale ${raw} is not finite in ${scaleDtype}`);
-      scales[r * groups + gi] = s;
-      const end = r * k + Math.min(k, (gi + 1) * groupSize);
-      for (let i = r * k + gi * groupSize; i < end; i++) {
-        const w = weight[i];
-        if (!Number.isFinite(w)) throw new FluteError('E_NONFINITE', `${name}: weight at row ${r}, column ${i - r * k} is ${w}; expected finite values`);
-        const q = s === 0 ? zeroIdx : nearest.find(w / s);
-        indices[i] = q;
-        const e = Math.fround(table[q] * s) - w;
-        sqErr += e * e;
-        sqW += w * w;
-        if (Math.abs(e) > maxAbs) maxAbs = Math.abs(e);
-      }
-    }
-  }
-  const packed = packIndices(indices, n, k, bits, `${name}: indices`);
-  const layer: QuantizedLinear = { kind: 'quantized', n, k, bits, groupSize, tableKind: opts.tableKind, table, scaleDtype, scales, packed };
-  return { layer, error: { mse: sqErr / (n * k), maxAbs, relRmse: sqW > 0 ? Math.sqrt(sqErr / sqW) : 0 } };
+  return quantizeGroups(weight, n, k, opts, name, (r, gi) => {
+    const raw = givenScales[r * groups + gi];
+    if (!Number.isFinite(raw)) throw new FluteError('E_NONFINITE', `${name}: row ${r}, group ${gi}: scale ${raw} is not finite`);
+    return raw;
+  });
 }
