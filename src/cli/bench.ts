@@ -117,7 +117,7 @@ async function benchWebGpu(p: Parsed, argv: string[]): Promise<number> {
   if (out) writeAtomic(out, JSON.stringify(rows, null, 2) + '\n');
   const md = str(p, 'update-md');
   if (md) {
-    const body = [`Command: \`${['flute bench', ...argv].join(' ')}\``, '', `Adapter: ${rows[0]?.adapter ?? 'none'}; ${new Date().toISOString().slice(0, 10)}.`, '', table].join('\n');
+    const body = [`Command: \`${['flute bench', ...argv].join(' ')}\``, '', `Date: ${new Date().toISOString().slice(0, 10)}.`, '', table].join('\n');
     replaceMarkedSection(md, '<!-- kernels-webgpu:begin -->', '<!-- kernels-webgpu:end -->', body, 'WebGPU kernels');
   }
   console.log(p.values.json ? JSON.stringify(rows, null, 2) : table);
