@@ -7,6 +7,7 @@ import { Template } from '@huggingface/jinja';
 import { Tokenizer as HfLibTokenizer } from '@huggingface/tokenizers';
 import { FluteError } from '../errors.js';
 import type { HfTokenizerFiles } from '../format/hf.js';
+import { decodeTokens, pieceStreamDecoder } from './stream.js';
 import type { EncodeOptions, Tokenizer, TokenStreamDecoder } from './types.js';
 
 export interface ChatMessage {
@@ -221,22 +222,12 @@ export class HfTokenizer implements Tokenizer {
   }
 
   createDecoder(): TokenStreamDecoder {
-    const text = new TextDecoder('utf-8'); // streaming: holds an incomplete character until its last byte
-    return {
-      push: (prevToken, token) => {
-        const p = this.decodePiece(prevToken, token);
-        return text.decode(typeof p === 'string' ? this.utf8.encode(p) : p, { stream: true });
-      },
-      flush: () => text.decode(),
-    };
+    return pieceStreamDecoder((prev, token) => this.decodePiece(prev, token));
   }
 
   /** The text of a token sequence; special tokens (BOS, EOS, turn markers) contribute nothing. */
   decode(tokens: ArrayLike<number>): string {
-    const d = this.createDecoder();
-    let s = '';
-    for (let i = 0; i < tokens.length; i++) s += d.push(i > 0 ? tokens[i - 1] : -1, tokens[i]);
-    return s + d.flush();
+    return decodeTokens(this.createDecoder(), tokens);
   }
 
   /** The raw vocabulary piece of an id ("Ġthe", "▁the", "<|eot_id|>"). */

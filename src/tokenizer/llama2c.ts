@@ -4,6 +4,7 @@
 
 import { FluteError } from '../errors.js';
 import { parseLlama2cTokenizer, type Llama2cVocab } from '../format/llama2c-tokenizer.js';
+import { decodeTokens, pieceStreamDecoder } from './stream.js';
 import type { EncodeOptions, Tokenizer, TokenStreamDecoder } from './types.js';
 
 const BYTE_TOKEN = /^<0x([0-9A-Fa-f]{2})>$/;
@@ -112,22 +113,16 @@ export class Llama2cTokenizer implements Tokenizer {
   }
 
   createDecoder(): TokenStreamDecoder {
-    const text = new TextDecoder('utf-8'); // streaming: holds an incomplete character until its last byte
-    return {
-      push: (prevToken, token) => {
-        if (token === this.bosId || token === this.eosId) { this.checkToken(token); return ''; }
-        const p = this.decodePiece(prevToken, token);
-        return text.decode(typeof p === 'string' ? this.utf8.encode(p) : p, { stream: true });
-      },
-      flush: () => text.decode(),
+    const silent = (token: number) => {
+      if (token !== this.bosId && token !== this.eosId) return false;
+      this.checkToken(token);
+      return true;
     };
+    return pieceStreamDecoder((prev, token) => this.decodePiece(prev, token), silent);
   }
 
   decode(tokens: ArrayLike<number>): string {
-    const d = this.createDecoder();
-    let s = '';
-    for (let i = 0; i < tokens.length; i++) s += d.push(i > 0 ? tokens[i - 1] : -1, tokens[i]);
-    return s + d.flush();
+    return decodeTokens(this.createDecoder(), tokens);
   }
 
   /** The raw piece of a token, as stored in the vocabulary. */
