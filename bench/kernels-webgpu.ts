@@ -4,8 +4,7 @@
 // split-K, table copies). Also the duplication sweep: time against the number of table copies c.
 
 import { FluteError } from '../src/errors.js';
-import type { DenseLinear, QuantizedLinear } from '../src/quant/linear.js';
-import { buildTable } from '../src/quant/tables.js';
+import { randomDense, randomQuantized } from './kernels.js';
 import { createWebGpuBackend, type GpuKernelBackend, type GpuPreparedLinear, type WebGpuBackendOptions } from '../src/kernels/webgpu/index.js';
 import { adapterName } from '../src/kernels/webgpu/gpu.js';
 
@@ -48,33 +47,6 @@ export interface WebGpuKernelBenchRow {
   readonly path: 'gemv' | 'gemm';
   readonly splitK: number;
   readonly duplication: number;
-}
-
-// ---------------------------------------------------------------------------------------------
-// Data: random but valid layers (timings do not depend on the values)
-
-function lcg(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => (s = (Math.imul(s, 1664525) + 1013904223) >>> 0) / 4294967296;
-}
-
-export function randomQuantized(n: number, k: number, bits: number, g: number, seed: number): QuantizedLinear {
-  const r = lcg(seed);
-  const rowBytes = Math.ceil((k * bits) / 8);
-  const packed = new Uint8Array(n * rowBytes);
-  for (let i = 0; i < packed.length; i++) packed[i] = (r() * 256) | 0;
-  const spare = rowBytes * 8 - k * bits; // the canonical layout keeps unused high bits zero
-  if (spare) for (let row = 0; row < n; row++) packed[row * rowBytes + rowBytes - 1] &= 0xff >> spare;
-  const scales = new Float32Array(n * Math.ceil(k / g));
-  for (let i = 0; i < scales.length; i++) scales[i] = 0.001 + 0.01 * r();
-  return { kind: 'quantized', n, k, bits, groupSize: g, tableKind: 'nf', table: buildTable('nf', bits), scaleDtype: 'f32', scales, packed };
-}
-
-function randomDense(n: number, k: number, seed: number): DenseLinear {
-  const r = lcg(seed);
-  const weight = new Float32Array(n * k);
-  for (let i = 0; i < weight.length; i++) weight[i] = r() - 0.5;
-  return { kind: 'dense', n, k, weight };
 }
 
 const round = (v: number, digits: number) => Math.round(v * 10 ** digits) / 10 ** digits;

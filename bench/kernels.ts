@@ -60,7 +60,8 @@ function lcg(seed: number): () => number {
   return () => (s = (Math.imul(s, 1664525) + 1013904223) >>> 0) / 4294967296;
 }
 
-function randomQuantized(n: number, k: number, bits: number, g: number, seed: number): QuantizedLinear {
+/** A valid random LUT layer (NF table, f32 scales); shared with the WebGPU bench. */
+export function randomQuantized(n: number, k: number, bits: number, g: number, seed: number): QuantizedLinear {
   const r = lcg(seed);
   const G = Math.ceil(k / g);
   const packed = new Uint8Array(n * Math.ceil((k * bits) / 8));
@@ -76,7 +77,7 @@ function randomQuantized(n: number, k: number, bits: number, g: number, seed: nu
   return { kind: 'quantized', n, k, bits, groupSize: g, tableKind: 'nf', table: buildTable('nf', bits), scaleDtype: 'f32', scales, packed };
 }
 
-function randomDense(n: number, k: number, seed: number): DenseLinear {
+export function randomDense(n: number, k: number, seed: number): DenseLinear {
   const r = lcg(seed);
   const weight = new Float32Array(n * k);
   for (let i = 0; i < weight.length; i++) weight[i] = r() - 0.5;
