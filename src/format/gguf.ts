@@ -8,6 +8,7 @@ import { FluteError } from '../errors.js';
 import { writeFileAtomic } from './atomic.js';
 import { GGML_TYPES, ggmlTensorBytes, ggmlTypeById, type GgmlTypeName, type GgmlTypeTraits } from './ggml-types.js';
 import { parseSource, type ByteSource } from './source.js';
+import { tensorTable } from './tensors.js';
 
 export const GGUF_MAGIC = 0x46554747; // "GGUF" read as a little-endian u32
 export const GGUF_VERSION = 3; // what we write; 2 reads the same way (3 added big-endian files, which we refuse)
@@ -330,20 +331,12 @@ function ggmlTensorBytesChecked(type: GgmlTypeTraits, ne: readonly number[], whe
 }
 
 function makeFile(src: ByteSource, version: number, alignment: number, metadata: Map<string, GgufValue>, tensors: GgufTensorInfo[], dataOffset: number): GgufFile {
-  const byName = new Map(tensors.map((t) => [t.name, t]));
-  const tensor = (name: string) => {
-    const t = byName.get(name);
-    if (!t) throw new FluteError('E_NOT_FOUND', `${src.name}: no tensor "${name}"`);
-    return t;
-  };
+  const { info: tensor, has, readRaw } = tensorTable(src, tensors);
   return {
     file: src.name, version, alignment, metadata, tensors, dataOffset, size: src.size,
     tensor,
-    has: (name) => byName.has(name),
-    readRaw: (name) => {
-      const t = tensor(name);
-      return src.read(t.offset, t.byteLength);
-    },
+    has,
+    readRaw,
     close: () => src.close(),
   };
 }

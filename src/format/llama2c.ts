@@ -7,7 +7,7 @@ import type { LlamaConfig } from '../model/config.js';
 import { writeFileAtomic } from './atomic.js';
 import { bytesToF32, typedArrayBytes } from './safetensors.js';
 import { parseSource, type ByteSource } from './source.js';
-import { numel, type TensorInfo, type TensorReader } from './tensors.js';
+import { numel, tensorTable, type TensorInfo, type TensorReader } from './tensors.js';
 
 export const LLAMA2C_HEADER_BYTES = 28;
 /** First uint32 of a version-1+ export ("ak42" in the export script). */
@@ -115,22 +115,13 @@ async function parse(src: ByteSource): Promise<Llama2cReader> {
   }
   const list = slots.filter((s) => !s.rope).map((s) => s.info);
   list.sort((a, b) => listRank(a) - listRank(b)); // stable: file order within a layer
-  const byName = new Map(list.map((t) => [t.name, t]));
-  const info = (name: string): TensorInfo => {
-    const t = byName.get(name);
-    if (!t) throw new FluteError('E_NOT_FOUND', `${file}: no tensor "${name}" in this llama2.c checkpoint`);
-    return t;
-  };
-  const readRaw = (name: string) => {
-    const t = info(name);
-    return src.read(t.offset, t.byteLength);
-  };
+  const { info, has, readRaw } = tensorTable(src, list);
   return {
     file,
     config: Object.freeze(config),
     list: () => list,
     info,
-    has: (name) => byName.has(name),
+    has,
     readRaw,
     readF32: async (name) => bytesToF32(await readRaw(name), 'F32', `${file}: tensor "${name}"`),
     close: () => src.close(),

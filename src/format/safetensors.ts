@@ -6,7 +6,7 @@ import { FluteError } from '../errors.js';
 import { writeFileAtomic } from './atomic.js';
 import { bf16ArrayToF32, f16ArrayToF32 } from './half.js';
 import { parseSource, type ByteSource } from './source.js';
-import { DTYPE_BYTES, type Dtype, type TensorInfo, type TensorReader } from './tensors.js';
+import { DTYPE_BYTES, tensorTable, type Dtype, type TensorInfo, type TensorReader } from './tensors.js';
 
 /** Hugging Face's own cap on the JSON header. */
 export const MAX_HEADER_BYTES = 100_000_000;
@@ -138,23 +138,14 @@ async function parse(src: ByteSource): Promise<SafetensorsReader> {
 }
 
 function makeReader(src: ByteSource, list: readonly TensorInfo[], metadata: Record<string, string>): SafetensorsReader {
-  const byName = new Map(list.map((t) => [t.name, t]));
   const file = src.name;
-  const info = (name: string): TensorInfo => {
-    const t = byName.get(name);
-    if (!t) throw new FluteError('E_NOT_FOUND', `${file}: no tensor "${name}"`);
-    return t;
-  };
-  const readRaw = (name: string) => {
-    const t = info(name);
-    return src.read(t.offset, t.byteLength);
-  };
+  const { info, has, readRaw } = tensorTable(src, list);
   return {
     file,
     metadata,
     list: () => list,
     info,
-    has: (name) => byName.has(name),
+    has,
     readRaw,
     async readF32(name) {
       const t = info(name);

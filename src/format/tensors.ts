@@ -2,6 +2,9 @@
 // container (llama2.c .bin, safetensors, later GGUF): named tensors with shapes, read one at a time.
 // Tensor names follow Hugging Face LLaMA naming (model.layers.{i}.self_attn.q_proj.weight ...).
 
+import { FluteError } from '../errors.js';
+import type { ByteSource } from './source.js';
+
 /** Element types, with ids that are never reused. */
 export type Dtype = 'F32' | 'F16' | 'BF16' | 'I8' | 'U8' | 'I16' | 'U16' | 'I32' | 'U32' | 'I64' | 'U64' | 'F64' | 'BOOL';
 
@@ -37,4 +40,25 @@ export interface TensorReader {
 
 export function numel(shape: readonly number[]): number {
   return shape.reduce((a, b) => a * b, 1);
+}
+
+/** Name lookup and raw reads over tensors stored at known offsets of one source (every container's core). */
+export function tensorTable<T extends { readonly name: string; readonly offset: number; readonly byteLength: number }>(
+  src: ByteSource,
+  list: readonly T[],
+): { info(name: string): T; has(name: string): boolean; readRaw(name: string): Promise<Uint8Array> } {
+  const byName = new Map(list.map((t) => [t.name, t]));
+  const info = (name: string): T => {
+    const t = byName.get(name);
+    if (!t) throw new FluteError('E_NOT_FOUND', `${src.name}: no tensor "${name}"`);
+    return t;
+  };
+  return {
+    info,
+    has: (name) => byName.has(name),
+    readRaw: (name) => {
+      const t = info(name);
+      return src.read(t.offset, t.byteLength);
+    },
+  };
 }
