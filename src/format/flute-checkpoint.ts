@@ -11,7 +11,7 @@ import { FluteError } from '../errors.js';
 import type { LlamaConfig } from '../model/config.js';
 import type { OpenedModel } from '../model/open.js';
 import { LAYER_LINEARS, llamaTensorSpecs } from '../model/weights.js';
-import { dequantize, validateQuantizedLinear, type Linear, type QuantizedLinear } from '../quant/linear.js';
+import { dequantize, relativeError, validateQuantizedLinear, type Linear, type QuantizedLinear } from '../quant/linear.js';
 import { packIndices, unpackIndices } from '../quant/packing.js';
 import { permuteRows, ropePermutation } from '../quant/permute.js';
 import { quantizeRtn } from '../quant/rtn.js';
@@ -310,15 +310,6 @@ function toFluteDtype(layer: QuantizedLinear, where: string): QuantizedLinear {
   return validateQuantizedLinear({ ...layer, table, scales, scaleDtype: 'f16', tableKind: layer.tableKind }, where);
 }
 
-function relRmse(a: Float32Array, b: Float32Array): number {
-  let num = 0, den = 0;
-  for (let i = 0; i < b.length; i++) {
-    num += (a[i] - b[i]) ** 2;
-    den += b[i] ** 2;
-  }
-  return den > 0 ? Math.sqrt(num / den) : Math.sqrt(num);
-}
-
 /**
  * Writes a FLUTE checkpoint folder from any opened llama model: decoder linears packed as FLUTE
  * layers (the source's own quantized layers when they already have `bits` and `groupSize`, RTN with
@@ -394,7 +385,7 @@ export async function writeFluteCheckpoint(src: OpenedModel, outDir: string, opt
       if (p) w = (permuteRows({ kind: 'dense', n, k, weight: w }, p, where) as { weight: Float32Array }).weight;
       const q = quantizeRtn(w, n, k, { bits, groupSize: g, tableKind, tableValues: opts.tableValues, scaleDtype: 'f16' }, where).layer;
       layer = toFluteDtype(q, where);
-      layers.push({ name, shape: [n, k], how: 'quantized', relRmse: relRmse(dequantize(layer), w) });
+      layers.push({ name, shape: [n, k], how: 'quantized', relRmse: relativeError(dequantize(layer), w) });
     }
     opts.onProgress?.(++done, total, name);
     return layer;

@@ -9,7 +9,7 @@ import { FluteError } from '../errors.js';
 import type { LlamaConfig } from '../model/config.js';
 import type { OpenedModel } from '../model/open.js';
 import { llamaTensorSpecs } from '../model/weights.js';
-import { dequantize, type Linear, type QuantizedLinear } from '../quant/linear.js';
+import { dequantize, relativeError, type Linear, type QuantizedLinear } from '../quant/linear.js';
 import { permuteRows, ropePermutation } from '../quant/permute.js';
 import { TABLE_KINDS } from '../quant/tables.js';
 import { parseLlama2cTokenizer, type Llama2cVocab } from './llama2c-tokenizer.js';
@@ -470,13 +470,13 @@ async function tensorBytes(
     if (perm) w = (permuteRows({ kind: 'dense', n: shape[0], k: shape[1], weight: w }, perm, where) as { weight: Float32Array }).weight;
   }
   const [n, k] = shape.length === 2 ? shape : [1, shape[0]];
-  const report = (q?: QuantizedLinear): GgufTensorReport => ({ name: ggufName, type, shape, how: 'converted', ...(q ? { relRmse: relRmse(dequantize(q), w) } : {}) });
+  const report = (q?: QuantizedLinear): GgufTensorReport => ({ name: ggufName, type, shape, how: 'converted', ...(q ? { relRmse: relativeError(dequantize(q), w) } : {}) });
   switch (type) {
     case 'F32':
     case 'F16':
       return { bytes: encodeFloat(type, w), report: report() };
     case 'Q8_0':
-      return { bytes: quantizeQ8_0(w, where), report: { ...report(), relRmse: relRmse(ggmlToF32(GGML_TYPES.Q8_0, quantizeQ8_0(w, where), w.length, where), w) } };
+      return { bytes: quantizeQ8_0(w, where), report: { ...report(), relRmse: relativeError(ggmlToF32(GGML_TYPES.Q8_0, quantizeQ8_0(w, where), w.length, where), w) } };
     case 'Q4_0':
     case 'IQ4_NL': {
       const q = quantizeToLutBlocks(type, w, n, k, where, { iq4nlSearch: opts.iq4nlSearch });
@@ -485,15 +485,6 @@ async function tensorBytes(
     default:
       throw new FluteError('E_UNSUPPORTED_DTYPE', `${where}: cannot write ggml type ${type}`);
   }
-}
-
-function relRmse(a: Float32Array, b: Float32Array): number {
-  let num = 0, den = 0;
-  for (let i = 0; i < b.length; i++) {
-    num += (a[i] - b[i]) ** 2;
-    den += b[i] ** 2;
-  }
-  return den > 0 ? Math.sqrt(num / den) : Math.sqrt(num);
 }
 
 /** A GGUF file's metadata as plain JSON values (typed arrays summarized past `maxItems`), for inspect. */

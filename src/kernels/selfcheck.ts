@@ -2,7 +2,7 @@
 // a ragged group, M = 1 and M > 1, a dense layer). Used by `flute doctor` and by tests.
 
 import { quantizeRtn } from '../quant/rtn.js';
-import type { Linear } from '../quant/linear.js';
+import { relativeError, type Linear } from '../quant/linear.js';
 import { createRefBackend } from './ref/index.js';
 import type { KernelBackend } from './types.js';
 
@@ -37,13 +37,7 @@ export function selfCheck(backend: KernelBackend, tolerance = 1e-5): SelfCheckCa
     const prepared = backend.prepare(layer);
     const got = backend.matmul(prepared, x, m);
     backend.release(prepared);
-    let num = 0;
-    let den = 0;
-    for (let i = 0; i < want.length; i++) {
-      num += (got[i] - want[i]) ** 2;
-      den += want[i] ** 2;
-    }
-    const relErr = Math.sqrt(num / den);
+    const relErr = relativeError(got, want);
     return { id, relErr, ok: relErr <= tolerance };
   });
 }

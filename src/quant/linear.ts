@@ -99,3 +99,14 @@ export function dequantize(q: QuantizedLinear, computeType: ComputeType = 'f32')
   }
   return out;
 }
+
+/** Relative Frobenius error ||got - want|| / ||want|| (the absolute norm when want is all zero). */
+export function relativeError(got: ArrayLike<number>, want: ArrayLike<number>): number {
+  let num = 0;
+  let den = 0;
+  for (let i = 0; i < want.length; i++) {
+    num += (got[i] - want[i]) ** 2;
+    den += want[i] ** 2;
+  }
+  return den > 0 ? Math.sqrt(num / den) : Math.sqrt(num);
+}
