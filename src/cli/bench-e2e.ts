@@ -2,10 +2,10 @@
 // decode tokens/s and peak memory per model and weight format, printed as a table or JSON rows, and
 // optionally written between the e2e markers of BENCHMARKS.md.
 
-import { existsSync, readFileSync } from 'node:fs';
 import os from 'node:os';
 import { E2E_MODELS, E2E_WEIGHTS, formatE2eTable, GROUP_SIZE, runE2eIsolated, type E2eModel, type E2eRow, type E2eWeights } from '../../bench/e2e.js';
 import { FluteError } from '../errors.js';
+import { replaceMarkedSection } from './markdown.js';
 import { writeFileAtomic } from '../format/atomic.js';
 import { BACKEND_NAMES } from '../kernels/registry.js';
 import { isPosInt, num, oneOf, parse, str, type Parsed } from './args.js';
@@ -53,15 +53,11 @@ function list<T extends string>(p: Parsed, name: string, choices: readonly T[], 
   return items as T[];
 }
 
-const BEGIN = '<!-- e2e:begin -->';
-const END = '<!-- e2e:end -->';
-
 /** Replaces the e2e section of a Markdown file (creating the file or the section), atomically. */
 export async function updateE2eMarkdown(file: string, rows: readonly E2eRow[], command: string, when = new Date()): Promise<void> {
   const cpu = os.cpus()[0]?.model?.trim() ?? 'unknown CPU';
   const load = os.loadavg()[0].toFixed(1);
-  const section = [
-    BEGIN,
+  const body = [
     `Command: \`${command}\``,
     '',
     `Machine: ${cpu}, ${os.cpus().length} logical cores, ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB, Node ${process.versions.node}, ${process.platform}-${process.arch}; load average ${load} at the end; ${when.toISOString().slice(0, 10)}.`,
@@ -69,14 +65,8 @@ export async function updateE2eMarkdown(file: string, rows: readonly E2eRow[], c
     `Runs: ${[...new Set(rows.map((r) => `${r.model} ${r.promptTokens} prompt + ${r.decodeTokens} decoded tokens`))].join('; ')}. Output layer: ${[...new Set(rows.filter((r) => r.bits !== null).map((r) => r.outputLayer))].join('/') || '-'} in the quantized rows.`,
     '',
     formatE2eTable(rows),
-    END,
   ].join('\n');
-  let text = existsSync(file) ? readFileSync(file, 'utf8') : '# Benchmarks\n';
-  const a = text.indexOf(BEGIN);
-  const b = text.indexOf(END);
-  if (a >= 0 && b > a) text = text.slice(0, a) + section + text.slice(b + END.length);
-  else text = `${text.trimEnd()}\n\n## End to end\n\n${section}\n`;
-  await writeFileAtomic(file, [new TextEncoder().encode(text)]);
+  await replaceMarkedSection(file, 'e2e', 'End to end', body);
 }
 
 export async function benchE2eCommand(argv: string[]): Promise<number> {

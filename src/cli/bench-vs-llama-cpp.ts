@@ -1,11 +1,10 @@
 // flute bench vs-llama-cpp: the race of bench/vs-llama-cpp.ts behind command-line options; prints a
 // Markdown table (or JSON rows) of decode tokens/s in both engines on the same GGUF files.
 
-import { existsSync, readFileSync } from 'node:fs';
 import os from 'node:os';
 import { join } from 'node:path';
 import { FluteError } from '../errors.js';
-import { writeFileAtomic } from '../format/atomic.js';
+import { replaceMarkedSection } from './markdown.js';
 import { GGUF_WRITE_TYPES, type GgufWriteType } from '../format/gguf-llama.js';
 import { defaultCacheDir, formatRaceTable, RACE_MODELS, runRace, type RaceModel, type RaceRow } from '../../bench/vs-llama-cpp.js';
 import { parse, str, type Parsed } from './args.js';
@@ -86,14 +85,10 @@ export async function benchVsLlamaCppCommand(argv: string[]): Promise<number> {
   return 0;
 }
 
-const BEGIN = '<!-- vs-llama-cpp:begin -->';
-const END = '<!-- vs-llama-cpp:end -->';
-
 /** Replaces the marked section of a Markdown file with the table and the conditions it was measured in. */
 async function updateMarkdown(file: string, rows: readonly RaceRow[], command: string): Promise<void> {
   const cpu = os.cpus()[0]?.model?.trim() ?? 'unknown CPU';
-  const section = [
-    BEGIN,
+  const body = [
     `Command: \`${command}\``,
     '',
     `Machine: ${cpu}, ${os.cpus().length} logical cores, ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB, Node ${process.versions.node}, ${process.platform}-${process.arch}; load average ${os.loadavg()[0].toFixed(1)} at the end; ${new Date().toISOString().slice(0, 10)}.`,
@@ -101,12 +96,6 @@ async function updateMarkdown(file: string, rows: readonly RaceRow[], command: s
     `llama.cpp: ${rows[0]?.llamaCppVersion ?? '-'}.`,
     '',
     formatRaceTable(rows),
-    END,
   ].join('\n');
-  let text = existsSync(file) ? readFileSync(file, 'utf8') : '# Benchmarks\n\n';
-  const a = text.indexOf(BEGIN);
-  const b = text.indexOf(END);
-  if (a >= 0 && b > a) text = text.slice(0, a) + section + text.slice(b + END.length);
-  else text = `${text.trimEnd()}\n\n## flute-engine against llama.cpp\n\n${section}\n`;
-  await writeFileAtomic(file, [new TextEncoder().encode(text)]);
+  await replaceMarkedSection(file, 'vs-llama-cpp', 'flute-engine against llama.cpp', body);
 }

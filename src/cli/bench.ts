@@ -1,12 +1,12 @@
 // flute bench kernels: the LUT kernel benchmark of bench/kernels.ts behind command-line options; prints
 // a table (or JSON rows), optionally writes them to a file and rewrites the marked table in BENCHMARKS.md.
 
-import { mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync, existsSync } from 'node:fs';
-import { dirname, join, basename } from 'node:path';
 import os from 'node:os';
 import { FluteError } from '../errors.js';
+import { writeFileAtomic } from '../format/atomic.js';
 import { DEFAULT_SHAPES, formatBenchTable, runKernelBench, type KernelBenchRow } from '../../bench/kernels.js';
 import { parse, str, oneOf, type Parsed } from './args.js';
+import { replaceMarkedSection } from './markdown.js';
 
 // Defaults, one place (the issue's matrix)
 const DEFAULTS = {
@@ -74,34 +74,6 @@ function shapes(p: Parsed): (readonly [number, number])[] {
   });
 }
 
-/** Writes `text` to `file` atomically: a temporary file in the same folder, then rename. */
-function writeAtomic(file: string, text: string): void {
-  const tmpDir = mkdtempSync(join(dirname(file), `.${basename(file)}.`));
-  const tmp = join(tmpDir, basename(file));
-  try {
-    writeFileSync(tmp, text);
-    renameSync(tmp, file);
-  } catch (e) {
-    throw new FluteError('E_IO', `could not write ${file}: ${(e as Error).message}`, { cause: e });
-  } finally {
-    rmSync(tmpDir, { recursive: true, force: true });
-  }
-}
-
-const BEGIN = '<!-- kernels:begin -->';
-const END = '<!-- kernels:end -->';
-
-/** Replaces the text between two markers of a Markdown file, or appends the section under `title`. */
-function replaceMarkedSection(file: string, begin: string, end: string, body: string, title: string): void {
-  const section = `${begin}\n${body}\n${end}`;
-  let text = existsSync(file) ? readFileSync(file, 'utf8') : '# Benchmarks\n\n';
-  const a = text.indexOf(begin);
-  const b = text.indexOf(end);
-  if (a >= 0 && b > a) text = text.slice(0, a) + section + text.slice(b + end.length);
-  else text = `${text.trimEnd()}\n\n## ${title}\n\n${section}\n`;
-  writeAtomic(file, text);
-}
-
 /** flute bench kernels --backend webgpu: the same matrix on the GPU, against its dense kernel. */
 async function benchWebGpu(p: Parsed, argv: string[]): Promise<number> {
   const { runWebGpuKernelBench, formatWebGpuBenchTable } = await import('../../bench/kernels-webgpu.js');
@@ -114,18 +86,18 @@ async function benchWebGpu(p: Parsed, argv: string[]): Promise<number> {
   });
   const table = formatWebGpuBenchTable(rows);
   const out = str(p, 'out');
-  if (out) writeAtomic(out, JSON.stringify(rows, null, 2) + '\n');
+  if (out) await writeFileAtomic(out, [new TextEncoder().encode(JSON.stringify(rows, null, 2) + '\n')]);
   const md = str(p, 'update-md');
   if (md) {
     const body = [`Command: \`${['flute bench', ...argv].join(' ')}\``, '', `Date: ${new Date().toISOString().slice(0, 10)}.`, '', table].join('\n');
-    replaceMarkedSection(md, '<!-- kernels-webgpu:begin -->', '<!-- kernels-webgpu:end -->', body, 'WebGPU kernels');
+    await replaceMarkedSection(md, 'kernels-webgpu', 'WebGPU kernels', body);
   }
   console.log(p.values.json ? JSON.stringify(rows, null, 2) : table);
   return 0;
 }
 
 /** Replaces the marked section of a Markdown file (creating the file or section when missing). */
-export function updateBenchmarksMarkdown(file: string, rows: readonly KernelBenchRow[], command: string, when = new Date()): void {
+export async function updateBenchmarksMarkdown(file: string, rows: readonly KernelBenchRow[], command: string, when = new Date()): Promise<void> {
   const cpu = os.cpus()[0]?.model?.trim() ?? 'unknown CPU';
   const variants = [...new Set(rows.map((r) => r.variant.replace(/, \d+ threads?/, '')))];
   const body = [
@@ -136,7 +108,7 @@ export function updateBenchmarksMarkdown(file: string, rows: readonly KernelBenc
     '',
     formatBenchTable(rows),
   ].join('\n');
-  replaceMarkedSection(file, BEGIN, END, body, 'Kernels');
+  await replaceMarkedSection(file, 'kernels', 'Kernels', body);
 }
 
 export async function benchCommand(argv: string[]): Promise<number> {
@@ -175,9 +147,9 @@ export async function benchCommand(argv: string[]): Promise<number> {
     log: (line) => process.stderr.write(line + '\n'),
   });
   const out = str(p, 'out');
-  if (out) writeAtomic(out, JSON.stringify(rows, null, 2) + '\n');
+  if (out) await writeFileAtomic(out, [new TextEncoder().encode(JSON.stringify(rows, null, 2) + '\n')]);
   const md = str(p, 'update-md');
-  if (md) updateBenchmarksMarkdown(md, rows, ['flute bench', ...argv].join(' '));
+  if (md) await updateBenchmarksMarkdown(md, rows, ['flute bench', ...argv].join(' '));
   if (p.values.json) console.log(JSON.stringify(rows, null, 2));
   else console.log(formatBenchTable(rows));
   return 0;
