@@ -1,17 +1,21 @@
 // End-to-end benchmark: prefill and decode tokens/s and peak memory of whole models, dense f32 against
 // LUT-quantized W4/W3/W2 at g = 128, on a synthetic model with LLaMA-3.2-1B's shapes (random weights made
 // and quantized in memory: speed does not depend on the values) and on the bundled stories260K. Each
-// configuration runs in a fresh child process, so its peak RSS is its own. Printing is the CLI's job.
+// configuration runs in a fresh child process, so its peak RSS is its own. On WebGPU the whole forward
+// pass runs on the device (GpuLlamaModel; dense weights in the backend's precision, f16 with
+// shader-f16, else f32) and peak RSS is host memory only. Printing is the CLI's job.
 
 import { spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { FluteError } from '../src/errors.js';
 import { openLlama2c } from '../src/format/llama2c.js';
 import type { TensorReader } from '../src/format/tensors.js';
-import { createBackend, type BackendName } from '../src/kernels/registry.js';
+import { createBackend, createModelBackend, type ModelBackendName } from '../src/kernels/registry.js';
 import type { KernelBackend, PreparedLinear } from '../src/kernels/types.js';
 import type { LlamaConfig } from '../src/model/config.js';
+import type { CausalModel } from '../src/model/generate.js';
 import { LlamaModel } from '../src/model/llama.js';
+import { GpuLlamaModel } from '../src/model/llama-gpu.js';
 import { argmax } from '../src/model/sampler.js';
 import { loadLlamaWeights } from '../src/model/weights.js';
 import type { Linear } from '../src/quant/linear.js';
@@ -26,7 +30,7 @@ export type E2eWeights = (typeof E2E_WEIGHTS)[number];
 export interface E2eCase {
   readonly model: E2eModel;
   readonly weights: E2eWeights;
-  readonly backend: BackendName | 'auto';
+  readonly backend: ModelBackendName | 'auto'; // auto: WebGPU on a real GPU, else wasm
   readonly threads?: number;
   readonly promptTokens: number; // prefill length
   readonly decodeTokens: number; // tokens decoded one at a time after the prompt
@@ -53,6 +57,8 @@ export interface E2eRow {
   readonly weightBytes: number; // bytes the backend holds for the linear layers (prepared)
   readonly buildSeconds: number; // making (and quantizing) the weights and preparing them
   readonly outputLayer: Linear['kind']; // 'dense' or 'quantized'
+  /** Arithmetic of the linear layers: WebGPU runs dense rows in f16 where the adapter has shader-f16. */
+  readonly precision?: 'f32' | 'f16';
 }
 
 /** LLaMA-3.2-1B's shapes (config.json of meta-llama/Llama-3.2-1B): 1.24 B parameters, tied embeddings. */
@@ -126,28 +132,43 @@ export async function runE2eCase(c: E2eCase): Promise<E2eRow> {
   // wasm: as many memories as the linear weights need (4 GiB each, some room for scratch).
   const linears = [...weights.layers.flatMap((l) => [l.wq, l.wk, l.wv, l.wo, l.w1, l.w2, l.w3]), weights.output];
   const linearBytes = linears.reduce((a, l) => a + (l.kind === 'dense' ? l.weight.byteLength : l.packed.byteLength + l.scales.byteLength), 0);
-  const first = await createBackend(c.backend, { threads: c.threads });
-  const parts = [first];
-  if (first.name === 'wasm') while (parts.length * 3.5 * 2 ** 30 < linearBytes) parts.push(await createBackend('wasm', { threads: c.threads }));
-  const backend = spanningBackend(parts);
-  const seqLen = c.promptTokens + c.decodeTokens + 1;
-  const model = new LlamaModel(config, weights, backend, { seqLen, maxBatch: 64 }); // a KV cache for this run only
+  const choice = await createModelBackend(c.backend, { threads: c.threads });
+  const seqLen = c.promptTokens + c.decodeTokens + 1; // a KV cache for this run only
+  let model: CausalModel;
+  let backend: { info(): { name: string; variant: string }; dispose(): void };
+  let precision: 'f32' | 'f16' = 'f32';
+  if (choice.kind === 'gpu') {
+    backend = choice.backend;
+    precision = choice.backend.precision;
+    model = await GpuLlamaModel.create(config, weights, choice.backend, { seqLen, maxBatch: 64 });
+  } else {
+    const parts = [choice.backend];
+    if (parts[0].name === 'wasm') while (parts.length * 3.5 * 2 ** 30 < linearBytes) parts.push(await createBackend('wasm', { threads: c.threads }));
+    const cpu = spanningBackend(parts);
+    backend = cpu;
+    model = new LlamaModel(config, weights, cpu, { seqLen, maxBatch: 64 });
+  }
   const buildSeconds = (performance.now() - t0) / 1000;
+  // a CPU model's logits are used as they are (no microtask per token), a GPU model's awaited
+  const run = async (tokens: number[], pos: number): Promise<Float32Array> => {
+    const r = model.forward(tokens, pos);
+    return r instanceof Float32Array ? r : await r;
+  };
 
   // A fixed prompt of ids spread over the vocabulary; a warm-up forward lets V8 and the kernels settle.
   const prompt = Array.from({ length: c.promptTokens }, (_, i) => (i * 7919 + 13) % config.vocabSize);
-  model.forward(prompt.slice(0, Math.min(8, prompt.length)), 0);
-  model.forward([prompt[0]], 0);
+  await run(prompt.slice(0, Math.min(8, prompt.length)), 0);
+  await run([prompt[0]], 0);
   model.reset();
   const p0 = performance.now();
-  let logits = model.forward(prompt, 0);
+  let logits = await run(prompt, 0);
   const prefillMs = performance.now() - p0;
   // Decode: greedy, one token per forward (sampling included, as a generation loop would). The rate is
   // from the median token time: robust to other work on a shared machine stalling a few tokens.
   const tokenMs: number[] = []; // [decodeTokens]
   for (let i = 0; i < c.decodeTokens; i++) {
     const d0 = performance.now();
-    logits = model.forward([argmax(logits)], prompt.length + i);
+    logits = await run([argmax(logits)], prompt.length + i);
     tokenMs.push(performance.now() - d0);
   }
   const decodeMs = tokenMs.reduce((a, b) => a + b, 0);
@@ -163,7 +184,7 @@ export async function runE2eCase(c: E2eCase): Promise<E2eRow> {
     decodeMeanTokensPerSecond: (c.decodeTokens / decodeMs) * 1000,
     peakMemoryBytes: process.resourceUsage().maxRSS * 1024,
     variant: info.variant, threads: c.threads ?? null, promptTokens: c.promptTokens, decodeTokens: c.decodeTokens,
-    weightBytes: linearBytes, buildSeconds, outputLayer: weights.output.kind,
+    weightBytes: linearBytes, buildSeconds, outputLayer: weights.output.kind, precision,
   };
 }
 
@@ -224,7 +245,8 @@ export function formatE2eTable(rows: readonly E2eRow[]): string {
     const dense = rows.find((d) => d.model === r.model && d.backend === r.backend && d.bits === null);
     const speedup = dense && r.bits !== null ? `${(r.decodeTokensPerSecond / dense.decodeTokensPerSecond).toFixed(2)}x` : r.bits === null ? '1.00x' : '-';
     const fmt = (v: number) => (v >= 100 ? v.toFixed(0) : v >= 10 ? v.toFixed(1) : v.toFixed(2));
-    lines.push(`| ${r.model} | ${r.backend} | ${r.weights} | ${r.bits ?? '-'} | ${fmt(r.prefillTokensPerSecond)} | ${fmt(r.decodeTokensPerSecond)} | ${speedup} | ${mib(r.peakMemoryBytes)} | ${mib(r.weightBytes)} |`);
+    const weights = r.bits === null && r.precision === 'f16' ? 'f16' : r.weights; // dense rows in the arithmetic they ran
+    lines.push(`| ${r.model} | ${r.backend} | ${weights} | ${r.bits ?? '-'} | ${fmt(r.prefillTokensPerSecond)} | ${fmt(r.decodeTokensPerSecond)} | ${speedup} | ${mib(r.peakMemoryBytes)} | ${mib(r.weightBytes)} |`);
   }
   return lines.join('\n');
 }

@@ -13,7 +13,8 @@ export type ErrorCode =
   | 'E_NONFINITE' // NaN or Inf where finite numbers are required
   | 'E_FORMAT' // a file is not in the expected format at all (wrong magic, unknown kind)
   | 'E_BACKEND' // a kernel backend is unavailable or failed its self-check
-  | 'E_ABORTED'; // the caller aborted the operation through an AbortSignal
+  | 'E_ABORTED' // the caller aborted the operation through an AbortSignal
+  | 'E_RESOURCE'; // the job needs more memory (or another resource) than this machine or a set limit allows
 
 export class FluteError extends Error {
   readonly code: ErrorCode;

@@ -427,6 +427,39 @@ gpuTest('webgpu: bad inputs are E_SHAPE, foreign or released layers E_BACKEND', 
   assert.equal(b.f32.unsupported(randomLayer(r, 1, 2, 10, 3)), null, 'every width 1..8 and any g is supported');
 });
 
+gpuTest('webgpu: encodeMatmul replays into the caller\'s passes, split-K through the caller\'s scratch', async (b) => {
+  const r = rng(31);
+  const layer = randomLayer(r, 3, 40, 768, 64);
+  const p = await b.f32.prepare(layer);
+  const dev = b.f32.gpuDevice();
+  for (const m of [1, 6]) {
+    const opts: GpuMatmulOptions = { splitK: 3 };
+    const plan = b.f32.plan(p, m, opts);
+    assert.equal(plan.splitK, 3);
+    assert.ok(plan.scratchBytes > 0, 'split-K needs scratch');
+    const scratch = dev.createBuffer({ size: plan.scratchBytes, usage: 0x80 /* STORAGE */ });
+    const xv = randomX(r, m * 768);
+    const x = b.f32.upload(xv, m, 768);
+    const y = b.f32.createTensor(m, 40);
+    const enc = b.f32.encodeMatmul(p, x, m, y, { ...opts, scratch });
+    const want = await b.f32.matmul(p, xv, m, undefined, opts); // the same split: the same summation order
+    for (let rep = 0; rep < 2; rep++) {
+      const ce = dev.createCommandEncoder();
+      const pass = ce.beginComputePass();
+      enc.record(pass);
+      pass.end();
+      dev.queue.submit([ce.finish()]);
+      assert.deepEqual(await b.f32.download(y), want, `encodeMatmul(m=${m}) replay ${rep} = matmul`);
+    }
+    enc.release();
+    assert.throws(() => enc.record(dev.createCommandEncoder().beginComputePass()), isCode('E_BACKEND'));
+    assert.throws(() => b.f32.encodeMatmul(p, x, m, b.f32.createTensor(m, 41), opts), isCode('E_SHAPE'));
+    for (const t of [x, y]) b.f32.releaseTensor(t);
+    scratch.destroy();
+  }
+  b.f32.release(p);
+});
+
 gpuTest('webgpu: a lost device becomes E_BACKEND', async () => {
   const { adapter } = await acquireAdapter();
   const device = await adapter.requestDevice();

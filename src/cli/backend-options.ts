@@ -1,7 +1,11 @@
-// The --backend and --threads options, shared by every command that runs a model.
+// The --backend and --threads options, shared by every command that runs a model, and what such a
+// command says on stderr about them: which backend it took and why, the weights' upload to the GPU,
+// and a device-lost fallback.
 
-import { BACKEND_NAMES, type BackendName } from '../kernels/registry.js';
+import type { LoadedModel, LoadModelOptions } from '../model/load.js';
+import { MODEL_BACKEND_NAMES, type ModelBackendName } from '../kernels/registry.js';
 import { isPosInt, num, oneOf, type OptionSpec, type Parsed } from './args.js';
+import { progressBar } from './progress.js';
 
 export const BACKEND_OPTIONS: OptionSpec = {
   backend: { type: 'string' },
@@ -9,12 +13,30 @@ export const BACKEND_OPTIONS: OptionSpec = {
   tokenizer: { type: 'string' },
 };
 
-export const BACKEND_HELP = `  --backend B          auto | ${BACKEND_NAMES.join(' | ')} (default auto: WebAssembly when available)
+export const BACKEND_HELP = `  --backend B          auto | ${MODEL_BACKEND_NAMES.join(' | ')} (default auto: WebGPU on a real GPU, else WebAssembly;
+                       webgpu also runs on CPU emulations such as SwiftShader, which auto skips as slower)
   --threads N          worker threads for the wasm backend (default: the cores available)
   --tokenizer FILE     llama2.c tokenizer, when the model neither carries nor sits beside one`;
 
-export function backendChoice(p: Parsed): { backend: BackendName | 'auto'; threads: number | undefined } {
-  const backend = oneOf(p, 'backend', ['auto', ...BACKEND_NAMES] as const, 'auto');
+export function backendChoice(p: Parsed): { backend: ModelBackendName | 'auto'; threads: number | undefined } {
+  const backend = oneOf(p, 'backend', ['auto', ...MODEL_BACKEND_NAMES] as const, 'auto');
   const threads = p.values.threads === undefined ? undefined : num(p, 'threads', 1, isPosInt, 'a positive integer');
   return { backend, threads };
+}
+
+/** loadModel options for the terminal: an upload progress bar and a printed fallback warning. */
+export function terminalLoadOptions(quiet: boolean): Pick<LoadModelOptions, 'onUploadProgress' | 'onFallback'> {
+  const bar = progressBar('upload to GPU', { enabled: !quiet });
+  return {
+    onUploadProgress: (done, total, tensor) => {
+      bar.update(done, total, tensor);
+      if (done === total) bar.done();
+    },
+    onFallback: (message) => process.stderr.write(`\nflute: warning: ${message}\n`),
+  };
+}
+
+/** One stderr line: the backend a command took and why. */
+export function reportBackend(command: string, loaded: Pick<LoadedModel, 'backend' | 'backendReason'>): void {
+  process.stderr.write(`flute ${command}: backend ${loaded.backend.name} (${loaded.backendReason})\n`);
 }

@@ -7,7 +7,7 @@ import { E2E_MODELS, E2E_WEIGHTS, formatE2eTable, GROUP_SIZE, runE2eIsolated, ty
 import { FluteError } from '../errors.js';
 import { replaceMarkedSection } from './markdown.js';
 import { writeFileAtomic } from '../format/atomic.js';
-import { BACKEND_NAMES } from '../kernels/registry.js';
+import { MODEL_BACKEND_NAMES } from '../kernels/registry.js';
 import { isPosInt, num, oneOf, parse, str, type Parsed } from './args.js';
 import { bundledModelPath } from './paths.js';
 
@@ -19,7 +19,7 @@ const DEFAULTS = {
   decode: { 'llama-3.2-1b-shape': 16, stories260K: 128 } as Record<E2eModel, number>,
 };
 
-const HELP = `Usage: flute bench e2e [--backend auto|wasm|ref] [--threads N] [--model LIST] [--weights LIST]
+const HELP = `Usage: flute bench e2e [--backend auto|${MODEL_BACKEND_NAMES.join('|')}] [--threads N] [--model LIST] [--weights LIST]
                       [--prompt N] [--decode N] [--dense-output] [--json] [--out FILE] [--update-md FILE]
 
 Prefill and decode tokens/s and peak memory of whole models: dense f32 against LUT-quantized W4, W3 and W2
@@ -30,7 +30,9 @@ its own Node process; peak memory is that process's peak RSS (process.resourceUs
 the weights included. Prefill is one timed forward of the prompt after a warm-up; decode tokens/s is
 from the median time of one decoded token (the mean is in the JSON as decodeMeanTokensPerSecond).
 
-  --backend B       auto (default: WebAssembly when available, else the reference) | ${BACKEND_NAMES.join(' | ')}
+  --backend B       auto (default: WebGPU on a real GPU, else WebAssembly, else the reference) | ${MODEL_BACKEND_NAMES.join(' | ')}
+                    webgpu: the whole forward pass on the GPU, dense rows in f16 where the adapter has
+                    shader-f16 (f32 otherwise); peak memory is then host RSS, not GPU memory
   --threads N       wasm worker threads (default: the cores available)
   --model LIST      comma list of ${E2E_MODELS.join(', ')} (default both)
   --weights LIST    comma list of ${E2E_WEIGHTS.join(', ')} (default all)
@@ -76,7 +78,7 @@ export async function benchE2eCommand(argv: string[]): Promise<number> {
   });
   if (p.values.help) return console.log(HELP), 0;
   if (p.positionals.length > 0) throw new FluteError('E_OPTION', `flute bench e2e: unexpected argument ${JSON.stringify(p.positionals[0])} (see --help)`);
-  const backend = oneOf(p, 'backend', ['auto', ...BACKEND_NAMES] as const, 'auto');
+  const backend = oneOf(p, 'backend', ['auto', ...MODEL_BACKEND_NAMES] as const, 'auto');
   const threads = p.values.threads === undefined ? undefined : num(p, 'threads', 1, isPosInt, 'a positive integer');
   const models = list(p, 'model', E2E_MODELS, DEFAULTS.models);
   const weights = list<E2eWeights>(p, 'weights', E2E_WEIGHTS, DEFAULTS.weights);

@@ -3,7 +3,7 @@
 // after a window's first is scored by the model's prediction from the tokens before it in the window.
 
 import { checkOption, FluteError } from '../errors.js';
-import type { LlamaModel } from '../model/llama.js';
+import type { CausalModel } from '../model/generate.js';
 import type { Tokenizer } from '../tokenizer/types.js';
 
 export interface PerplexityOptions {
@@ -34,7 +34,7 @@ function windowsOf(n: number, window: number, maxWindows: number): [number, numb
   return out;
 }
 
-export async function perplexity(model: LlamaModel, tokenizer: Tokenizer, text: string, opts: PerplexityOptions): Promise<PerplexityResult> {
+export async function perplexity(model: CausalModel, tokenizer: Tokenizer, text: string, opts: PerplexityOptions): Promise<PerplexityResult> {
   const { window } = opts;
   checkOption(Number.isInteger(window) && window >= 2 && window <= model.seqLen, 'window', `an integer in 2..${model.seqLen} (the context length)`, window);
   const maxWindows = opts.maxWindows ?? Infinity;
@@ -53,7 +53,7 @@ export async function perplexity(model: LlamaModel, tokenizer: Tokenizer, text: 
     for (let off = start; off < end - 1; off += model.maxBatch) {
       await yieldAndCheck(opts.signal);
       const m = Math.min(end - 1 - off, model.maxBatch);
-      const logits = model.forward(ids.slice(off, off + m), off - start, { allLogits: true }); // [m, vocab]
+      const logits = await model.forward(ids.slice(off, off + m), off - start, { allLogits: true }); // [m, vocab]
       for (let j = 0; j < m; j++) nllSum += logSumExp(logits, j * vocab, vocab) - logits[j * vocab + ids[off + j + 1]];
       scored += m;
     }

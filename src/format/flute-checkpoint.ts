@@ -6,7 +6,6 @@
 // disagree); writing makes a folder FLUTE and vLLM serve. Weights use Hugging Face's half-rotation
 // RoPE layout, so q/k rows are permuted from llama2.c / GGUF order on the way out.
 
-import { basename, dirname, join } from 'node:path';
 import { FluteError } from '../errors.js';
 import type { LlamaConfig } from '../model/config.js';
 import type { OpenedModel } from '../model/open.js';
@@ -24,7 +23,11 @@ import { HF_CHAT_TEMPLATE, HF_CONFIG, HF_GENERATION_CONFIG, HF_TOKENIZER, HF_TOK
 import { FLUTE_GROUP_SIZES, fluteShapeProblem, flutePackedRows, fluteTables2, isFluteBits, packFlute, unpackFlute, type FluteBits } from './flute-pack.js';
 import { bf16ArrayToF32, f16ArrayToF32, f32ArrayToBf16, f32ArrayToF16, F16_MAX } from './half.js';
 import { bytesToF32, writeSafetensors, type SafetensorsEntry } from './safetensors.js';
-import type { TensorInfo, TensorReader } from './tensors.js';
+import { checkLayerCount, type TensorInfo, type TensorReader } from './tensors.js';
+
+// Folders exist only in Node: node:path is imported where a folder is used, so that browser bundles of
+// the model openers (open.ts imports this module) pull in nothing from Node.
+const nodePath = (): Promise<typeof import('node:path')> => import('node:path');
 
 export const FLUTE_CONFIG_FILE = 'flute_config.json';
 /** num_sms written for legacy loaders: an A100's 108 SMs selects FLUTE's tuned templates (flute.md 1.5, 7.2). */
@@ -200,6 +203,7 @@ function detectTableKind(table: Float32Array, bits: number, dtype: string): Tabl
 async function readFolderTokenizer(dir: string, vocabSize: number, override?: string): Promise<{ bytes: Uint8Array; file: string }> {
   const { readFile } = await import('node:fs/promises');
   const { existsSync } = await import('node:fs');
+  const { join } = await nodePath();
   const path = override ?? [join(dir, 'tokenizer.bin'), join(dir, `tok${vocabSize}.bin`)].find((p) => existsSync(p));
   if (!path) throw new FluteError('E_NOT_FOUND', `${dir}: no llama2.c tokenizer (tokenizer.bin or tok${vocabSize}.bin) in the folder; pass --tokenizer FILE`);
   try {
@@ -216,12 +220,14 @@ async function readFolderTokenizer(dir: string, vocabSize: number, override?: st
  * tokenizer.bin beside the weights (what the writer adds for llama2.c and GGUF sources).
  */
 export async function openFluteModel(dir: string, opts: { tokenizer?: string } = {}): Promise<FluteOpenedModel> {
+  const { join } = await nodePath();
   const fluteConfig = parseFluteConfig(join(dir, FLUTE_CONFIG_FILE), await readJson(join(dir, FLUTE_CONFIG_FILE), 'flute_config.json (is this a FLUTE checkpoint folder?)'));
   const config = fluteConfigToLlama(join(dir, HF_CONFIG), await readJson(join(dir, HF_CONFIG), HF_CONFIG));
   const reader = await openHfSafetensors(dir);
   const { existsSync } = await import('node:fs');
   const hasHfTokenizer = existsSync(join(dir, HF_TOKENIZER));
   try {
+    checkLayerCount(dir, `${HF_CONFIG} num_hidden_layers`, config.nLayers, reader.list().length);
     const quantized = new Map<string, QuantizedLayerMeta>();
     const tableKinds = new Map<string, TableKind>();
     for (const spec of llamaTensorSpecs(config)) {
@@ -394,6 +400,7 @@ export async function writeFluteCheckpoint(src: OpenedModel, outDir: string, opt
   const tok = await src.readTokenizer().catch(() => undefined);
   const hfTok = src.readHfTokenizer ? await src.readHfTokenizer().catch(() => undefined) : undefined;
   const configJson = await hfConfigFor(src);
+  const { join } = await nodePath();
   const fluteConfig: FluteConfig = { version: FLUTE_FORMAT_VERSION, num_sms: opts.numSms ?? FLUTE_DEFAULT_NUM_SMS, num_bits: bits, group_size: g };
   return stageFolder(outDir, async (tmp) => {
     const bytes = await writeSafetensors(join(tmp, 'model.safetensors'), entries, { format: 'pt' });
@@ -428,6 +435,7 @@ export async function writeFluteCheckpoint(src: OpenedModel, outDir: string, opt
  */
 async function hfConfigFor(src: OpenedModel): Promise<Json> {
   const { existsSync } = await import('node:fs');
+  const { dirname, join } = await nodePath();
   const dir = src.format === 'hf' || src.format === 'flute' ? src.file : dirname(src.file);
   const path = join(dir, HF_CONFIG);
   if ((src.format === 'hf' || src.format === 'flute' || src.readHfTokenizer) && existsSync(path)) {
@@ -455,6 +463,7 @@ async function readF32(src: OpenedModel, name: string): Promise<Float32Array> {
 async function stageFolder<T>(outDir: string, fill: (tmp: string) => Promise<T>): Promise<T> {
   const fs = await import('node:fs/promises');
   const { existsSync } = await import('node:fs');
+  const { basename, dirname, join } = await nodePath();
   const parent = dirname(outDir) || '.';
   if (!existsSync(parent)) throw new FluteError('E_IO', `cannot write ${outDir}: folder ${parent} does not exist`);
   let replace = false;

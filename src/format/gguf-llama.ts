@@ -4,7 +4,6 @@
 // llama2.c tokenizer, and the writer that turns any opened model into a GGUF file llama.cpp runs.
 // The container is gguf.ts; block layouts are ggml-types.ts.
 
-import { basename } from 'node:path';
 import { FluteError } from '../errors.js';
 import type { LlamaConfig } from '../model/config.js';
 import type { OpenedModel } from '../model/open.js';
@@ -22,8 +21,8 @@ import {
   metaArray, metaBool, metaFloat, metaInt, metaString, openGguf, writeGguf,
   type GgufFile, type GgufTensorInfo, type GgufValue, type GgufWriteTensor,
 } from './gguf.js';
-import type { ByteSource } from './source.js';
-import type { TensorInfo, TensorReader } from './tensors.js';
+import { baseName, type ByteSource } from './source.js';
+import { checkLayerCount, type TensorInfo, type TensorReader } from './tensors.js';
 
 // ---------------------------------------------------------------------------------------------
 // Tensor names
@@ -223,6 +222,7 @@ export async function openGgufModel(source: string | ByteSource, opts: { tokeniz
   const g = await openGguf(source);
   try {
     const config = ggufLlamaConfig(g);
+    checkLayerCount(g.file, 'llama.block_count', config.nLayers, g.tensors.length);
     const infos = new Map<string, { info: TensorInfo; t: GgufTensorInfo }>();
     for (const t of g.tensors) {
       const name = hfNameOf(t.name);
@@ -441,7 +441,7 @@ export async function writeLlamaGguf(src: OpenedModel, out: string, opts: WriteG
     });
   }
   const vocab = await tokenizerMetadata(src);
-  const metadata = [...llamaMetadata(c, opts.name ?? basename(src.file).replace(/\.[^.]+$/, ''), wt.fileType, target.blockSize > 1), ...vocab];
+  const metadata = [...llamaMetadata(c, opts.name ?? baseName(src.file).replace(/\.[^.]+$/, ''), wt.fileType, target.blockSize > 1), ...vocab];
   const bytes = await writeGguf(out, { metadata, tensors });
   return { out, bytes, type: opts.type, tensors: reports, fallbacks };
 }

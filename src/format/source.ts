@@ -1,5 +1,5 @@
 // Random-access bytes behind every weights reader: a file in Node, or bytes already in memory (browser,
-// tests). Readers fetch one tensor at a time through it, so no file is ever read whole.
+// tests, downloads through fetchBytes). Readers fetch one tensor at a time through it, so no file is ever read whole.
 // node:fs is imported lazily here so that bundling this module for a browser pulls in nothing from Node.
 
 import { FluteError } from '../errors.js';
@@ -93,6 +93,62 @@ export function memorySource(bytes: Uint8Array, name = '<memory>'): ByteSource {
     },
     async close() {},
   };
+}
+
+/**
+ * The last part of a path or URL ("models/a.bin" -> "a.bin"; a URL loses its query), as POSIX
+ * path.basename gives for paths, without node:path so that browser bundles can use it.
+ */
+export function baseName(path: string): string {
+  const p = (/^[a-z][a-z0-9+.-]*:\/\//i.test(path) ? path.replace(/[?#].*$/, '') : path).replace(/\/+$/, '');
+  return p.slice(p.lastIndexOf('/') + 1);
+}
+
+export interface FetchBytesOptions {
+  /** Called as bytes arrive; `total` is the Content-Length, or 0 when the server does not send one. */
+  readonly onProgress?: (loaded: number, total: number) => void;
+  readonly signal?: AbortSignal;
+}
+
+/** Downloads a URL whole (fetch: browsers, Node 18+), reporting progress; E_NOT_FOUND / E_IO on failure. */
+export async function fetchBytes(url: string, opts: FetchBytesOptions = {}): Promise<Uint8Array> {
+  let res: Response;
+  try {
+    res = await fetch(url, { signal: opts.signal });
+  } catch (e) {
+    if (opts.signal?.aborted) throw new FluteError('E_ABORTED', `${url}: download aborted`, { cause: e });
+    throw new FluteError('E_IO', `cannot fetch ${url}: ${e instanceof Error ? e.message : String(e)}`, { cause: e });
+  }
+  if (!res.ok) throw new FluteError(res.status === 404 ? 'E_NOT_FOUND' : 'E_IO', `${url}: HTTP ${res.status} ${res.statusText}`);
+  const total = Number(res.headers.get('content-length') ?? 0) || 0;
+  if (!res.body) {
+    const bytes = new Uint8Array(await res.arrayBuffer());
+    opts.onProgress?.(bytes.length, total || bytes.length);
+    return bytes;
+  }
+  // Chunks are gathered, then copied once: Content-Length is only a hint (compressed responses differ).
+  const parts: Uint8Array[] = [];
+  let loaded = 0;
+  const reader = res.body.getReader();
+  try {
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      parts.push(value);
+      loaded += value.length;
+      opts.onProgress?.(loaded, total);
+    }
+  } catch (e) {
+    if (opts.signal?.aborted) throw new FluteError('E_ABORTED', `${url}: download aborted`, { cause: e });
+    throw new FluteError('E_IO', `${url}: download failed after ${loaded} bytes: ${e instanceof Error ? e.message : String(e)}`, { cause: e });
+  }
+  const out = new Uint8Array(loaded);
+  let at = 0;
+  for (const p of parts) {
+    out.set(p, at);
+    at += p.length;
+  }
+  return out;
 }
 
 /** A path opens as a file source; a ByteSource passes through. `owned` says whether the caller opened it. */

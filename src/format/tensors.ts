@@ -38,6 +38,17 @@ export interface TensorReader {
   close(): Promise<void>;
 }
 
+/**
+ * Every LLaMA layer has at least 9 tensors (2 norms, 7 linears), in every container we read: a config
+ * claiming more layers than the file holds tensors for is refused before anything loops over or sizes
+ * from the layer count (a damaged count of 2^24 layers would otherwise build 150M tensor specs).
+ */
+export function checkLayerCount(file: string, what: string, nLayers: number, tensorCount: number): void {
+  if (nLayers * 9 > tensorCount) {
+    throw new FluteError('E_SHAPE', `${file}: ${what} is ${nLayers}, but the weights hold only ${tensorCount} tensors (at least 9 per layer)`);
+  }
+}
+
 export function numel(shape: readonly number[]): number {
   return shape.reduce((a, b) => a * b, 1);
 }

@@ -6,7 +6,7 @@
 import { checkOption, FluteError } from '../errors.js';
 import { HfTokenizer, type ChatMessage } from '../tokenizer/hf.js';
 import type { Tokenizer } from '../tokenizer/types.js';
-import type { LlamaModel } from './llama.js';
+import type { CausalModel } from './generate.js';
 import { checkSamplerOptions, createRng, sample, type Rng, type SamplerOptions } from './sampler.js';
 
 export type { ChatMessage } from '../tokenizer/hf.js';
@@ -51,7 +51,7 @@ export class ChatSession {
   private readonly stopIds: ReadonlySet<number>;
   private cached: number[] = []; // the tokens in the KV cache, positions 0..cached.length-1
 
-  constructor(readonly model: LlamaModel, readonly tokenizer: Tokenizer, readonly opts: ChatSessionOptions) {
+  constructor(readonly model: CausalModel, readonly tokenizer: Tokenizer, readonly opts: ChatSessionOptions) {
     checkSamplerOptions(opts);
     this.rng = createRng(opts.seed);
     this.templated = tokenizer instanceof HfTokenizer && tokenizer.chatTemplate !== undefined;
@@ -122,7 +122,8 @@ export class ChatSession {
       if (aborted) break;
       const t0 = performance.now();
       const chunk = ids.slice(off, off + model.maxBatch);
-      logits = model.forward(chunk, off);
+      const r = model.forward(chunk, off);
+      logits = r instanceof Float32Array ? r : await r;
       this.cached.push(...chunk);
       stats.prefillMs += performance.now() - t0;
     }
@@ -146,7 +147,8 @@ export class ChatSession {
       const next = sample(logits, this.opts, this.rng);
       if (this.stopIds.has(next)) { stats.stopReason = 'stop'; break; }
       stats.generatedTokens++;
-      logits = model.forward([next], this.cached.length);
+      const r = model.forward([next], this.cached.length);
+      logits = r instanceof Float32Array ? r : await r;
       this.cached.push(next);
       stats.decodeMs += performance.now() - t0;
       reply += decoder.push(prev, next);

@@ -3,8 +3,24 @@
 
 import { checkOption, FluteError } from '../errors.js';
 import type { Tokenizer } from '../tokenizer/types.js';
-import type { LlamaModel } from './llama.js';
+import type { LlamaConfig } from './config.js';
+import type { ForwardOptions } from './llama.js';
 import { checkSamplerOptions, createRng, sample } from './sampler.js';
+
+/**
+ * What generate(), ChatSession and perplexity() need of a model: LlamaModel (CPU, synchronous) and
+ * GpuLlamaModel / FallbackModel (WebGPU, asynchronous) both fit. forward's logits may be a view of
+ * memory the next call reuses.
+ */
+export interface CausalModel {
+  readonly config: LlamaConfig;
+  readonly seqLen: number; // usable context
+  readonly maxBatch: number; // most tokens one forward chunk runs
+  readonly position: number; // positions held in the KV cache
+  reset(): void;
+  forward(tokens: ArrayLike<number>, startPos: number, opts?: ForwardOptions): Float32Array | Promise<Float32Array>;
+  dispose(): void;
+}
 
 export interface GenerateOptions {
   readonly maxTokens: number; // tokens to generate at most (not counting the prompt)
@@ -37,7 +53,7 @@ const YIELD_EVERY_MS = 15;
 
 /** Yields generated text pieces; returns the stats (also written to opts.stats when given). */
 export async function* generate(
-  model: LlamaModel,
+  model: CausalModel,
   tokenizer: Tokenizer,
   prompt: string,
   opts: GenerateOptions,
@@ -61,7 +77,8 @@ export async function* generate(
   for (let off = 0; off < promptIds.length; off += model.maxBatch) {
     await checkpoint(signal);
     const t0 = performance.now();
-    logits = model.forward(promptIds.slice(off, off + model.maxBatch), off);
+    const r = model.forward(promptIds.slice(off, off + model.maxBatch), off);
+    logits = r instanceof Float32Array ? r : await r;
     stats.prefillMs += performance.now() - t0;
   }
 
@@ -84,7 +101,10 @@ export async function* generate(
     if (stopAtEos && next === tokenizer.eosId) { stats.stopReason = 'eos'; break; }
     stats.generatedTokens++;
     token[0] = next;
-    if (stats.generatedTokens < opts.maxTokens && pos < model.seqLen) logits = model.forward(token, pos);
+    if (stats.generatedTokens < opts.maxTokens && pos < model.seqLen) {
+      const r = model.forward(token, pos);
+      logits = r instanceof Float32Array ? r : await r; // a CPU model's result is used without a microtask
+    }
     stats.decodeMs += performance.now() - t0;
     const text = decoder.push(prev, next);
     prev = next;

@@ -1,20 +1,29 @@
-// Loads a model file into a runnable LlamaModel on a kernel backend, with its tokenizer. The file is
+// Loads a model file (a path; bytes or a URL in browsers) into a runnable LlamaModel on a kernel backend, with its tokenizer. The file is
 // read tensor by tensor; quantized layers go to the backend as they are, dense ones as f32. The tokenizer
 // is the model's Hugging Face one when it has one (tokenizer.json), else llama2.c's.
 
-import { createBackend, type BackendName } from '../kernels/registry.js';
-import type { KernelBackend } from '../kernels/types.js';
+import { fetchBytes, memorySource } from '../format/source.js';
+import { createBackend, createModelBackend, type BackendName, type ModelBackendChoice, type ModelBackendName } from '../kernels/registry.js';
+import type { BackendInfo, KernelBackend } from '../kernels/types.js';
+import type { GpuDeviceLostError } from '../kernels/webgpu/device-lost.js';
+import type { GpuKernelBackend } from '../kernels/webgpu/types.js';
 import type { ComputeType } from '../quant/linear.js';
 import { HfTokenizer } from '../tokenizer/hf.js';
 import { Llama2cTokenizer } from '../tokenizer/llama2c.js';
 import type { Tokenizer } from '../tokenizer/types.js';
+import type { CausalModel } from './generate.js';
 import { LlamaModel } from './llama.js';
-import { openModelFile, type OpenedModel } from './open.js';
+import { FallbackModel, GpuLlamaModel } from './llama-gpu.js';
+import { openModelFile, openModelSource, type OpenedModel } from './open.js';
+import { checkMemoryBudget } from './memory-budget.js';
 import { loadLlamaWeights } from './weights.js';
 
 export interface LoadModelOptions {
-  /** A backend instance, or a name to create one (default 'auto'). */
-  readonly backend?: KernelBackend | BackendName | 'auto';
+  /**
+   * A backend instance, or a name to create one (default 'auto': WebGPU on a real GPU, else
+   * WebAssembly; see createModelBackend). A GpuKernelBackend runs the whole forward pass on the GPU.
+   */
+  readonly backend?: KernelBackend | GpuKernelBackend | ModelBackendName | 'auto';
   readonly threads?: number;
   /** A llama2.c tokenizer file, when the model does not carry or sit beside one. */
   readonly tokenizer?: string;
@@ -24,12 +33,24 @@ export interface LoadModelOptions {
   /** Cap on the default context when seqLen is not given (default DEFAULT_MAX_CONTEXT). */
   readonly maxContext?: number;
   readonly computeType?: ComputeType;
+  /** WebGPU only: progress of the weights' upload, tensor by tensor. */
+  readonly onUploadProgress?: (done: number, total: number, tensor: string) => void;
+  /** WebGPU only: the CPU backend that takes over if the device is lost (default 'wasm'; false: none). */
+  readonly gpuFallback?: BackendName | 'auto' | false;
+  /** WebGPU only: told when a lost device moved the model to the CPU (the CLI prints it). */
+  readonly onFallback?: (message: string) => void;
+  /** Refuse (E_RESOURCE) a model needing more bytes than this; default the machine's memory (memory-budget.ts). */
+  readonly maxMemoryBytes?: number;
 }
 
-export interface LoadedModel {
-  readonly model: LlamaModel;
+/** M is LlamaModel (synchronous forward) when a CPU backend was asked for, else any CausalModel. */
+export interface LoadedModel<M extends CausalModel = CausalModel> {
+  readonly model: M;
   readonly tokenizer: Tokenizer;
-  readonly backend: KernelBackend;
+  /** The backend running the model now (the CPU one after a device-lost fallback). */
+  readonly backend: { readonly name: string; info(): BackendInfo };
+  /** Which backend was taken and why, e.g. "auto: WebAssembly, since no WebGPU adapter (...)". */
+  readonly backendReason: string;
   readonly file: string;
   readonly format: OpenedModel['format'];
   /** True when this call created the backend, so dispose() frees it too. */
@@ -42,9 +63,57 @@ export interface LoadedModel {
  */
 export const DEFAULT_MAX_CONTEXT = 4096;
 
+/** CPU backends (by name or instance) give a LlamaModel, whose forward() is synchronous. */
+export function loadModel(path: string, opts: LoadModelOptions & { readonly backend: KernelBackend | BackendName }): Promise<LoadedModel<LlamaModel>>;
+export function loadModel(path: string, opts?: LoadModelOptions): Promise<LoadedModel>;
 export async function loadModel(path: string, opts: LoadModelOptions = {}): Promise<LoadedModel> {
-  const src = await openModelFile(path, { tokenizer: opts.tokenizer });
+  return loadOpenedModel(await openModelFile(path, { tokenizer: opts.tokenizer }), opts, path);
+}
+
+export interface LoadModelBytesOptions extends Omit<LoadModelOptions, 'tokenizer'> {
+  /** The file's name or URL, for messages and LoadedModel.file (default "<memory>"). */
+  readonly name?: string;
+  /** A llama2.c tokenizer file's bytes: required for llama2.c checkpoints (they carry none); wins over a model's own. */
+  readonly tokenizer?: Uint8Array;
+}
+
+/** Loads a model file already in memory (a download, a file picked in a browser); its first bytes tell the container. */
+export async function loadModelFromBytes(bytes: Uint8Array, opts: LoadModelBytesOptions = {}): Promise<LoadedModel> {
+  const { name = '<memory>', tokenizer, ...rest } = opts;
+  const src = memorySource(bytes, name);
+  const readTokenizer = tokenizer && (async () => ({ bytes: tokenizer, file: `${name} (tokenizer given with it)` }));
+  return loadOpenedModel(await openModelSource(src, { tokenizer: readTokenizer }), rest, name);
+}
+
+export interface LoadModelUrlOptions extends Omit<LoadModelBytesOptions, 'tokenizer' | 'name'> {
+  /** A llama2.c tokenizer to download with the model (required for llama2.c checkpoints). */
+  readonly tokenizerUrl?: string;
+  /** Download progress over the model and tokenizer together; `total` is 0 while a size is unknown. */
+  readonly onProgress?: (loaded: number, total: number) => void;
+  readonly signal?: AbortSignal;
+}
+
+/** Downloads a model (and its tokenizer) with fetch, then loads it as loadModelFromBytes does. */
+export async function loadModelFromUrl(url: string, opts: LoadModelUrlOptions = {}): Promise<LoadedModel> {
+  const { tokenizerUrl, onProgress, signal, ...rest } = opts;
+  const done = [0, 0];
+  const totals = [0, 0];
+  const report = (i: number) => (loaded: number, total: number) => {
+    done[i] = loaded;
+    totals[i] = total;
+    onProgress?.(done[0] + done[1], totals[0] && (!tokenizerUrl || totals[1]) ? totals[0] + totals[1] : 0);
+  };
+  const [bytes, tokenizer] = await Promise.all([
+    fetchBytes(url, { onProgress: report(0), signal }),
+    tokenizerUrl ? fetchBytes(tokenizerUrl, { onProgress: report(1), signal }) : undefined,
+  ]);
+  return loadModelFromBytes(bytes, { ...rest, name: url, tokenizer });
+}
+
+/** Builds a runnable model from an opened one (closed when done: the weights are copied out of it). */
+export async function loadOpenedModel(src: OpenedModel, opts: LoadModelOptions = {}, file: string = src.file): Promise<LoadedModel> {
   try {
+    await checkMemoryBudget(file, src.config, src.quantized, { backend: typeof opts.backend === 'object' ? opts.backend.name : opts.backend, seqLen: opts.seqLen ?? Math.min(src.config.seqLen, opts.maxContext ?? DEFAULT_MAX_CONTEXT), maxBatch: opts.maxBatch, maxMemoryBytes: opts.maxMemoryBytes });
     // An explicit --tokenizer (llama2.c) wins; otherwise the model's own Hugging Face tokenizer when present.
     const tokenizer: Tokenizer = src.readHfTokenizer && !opts.tokenizer
       ? new HfTokenizer(await src.readHfTokenizer(), src.config.vocabSize)
@@ -56,14 +125,54 @@ export async function loadModel(path: string, opts: LoadModelOptions = {}): Prom
       src.quantized.has(name) ? src.readQuantized(name) : undefined,
     );
     const owned = typeof opts.backend !== 'object';
-    const backend = typeof opts.backend === 'object' ? opts.backend : await createBackend(opts.backend ?? 'auto', { threads: opts.threads });
+    let choice: ModelBackendChoice = typeof opts.backend !== 'object'
+      ? await createModelBackend(opts.backend ?? 'auto', { threads: opts.threads })
+      : opts.backend.name === 'webgpu'
+        ? { kind: 'gpu', backend: opts.backend as GpuKernelBackend, reason: 'the caller\'s WebGPU backend' }
+        : { kind: 'cpu', backend: opts.backend as KernelBackend, reason: `the caller's ${opts.backend.name} backend` };
     const seqLen = opts.seqLen ?? Math.min(src.config.seqLen, opts.maxContext ?? DEFAULT_MAX_CONTEXT);
-    const model = new LlamaModel(src.config, weights, backend, { maxBatch: opts.maxBatch, seqLen, computeType: opts.computeType });
+    const modelOpts = { maxBatch: opts.maxBatch, seqLen, computeType: opts.computeType };
+    const backends: { name: string; info(): BackendInfo; dispose(): void }[] = owned ? [choice.backend] : [];
+    let current: { name: string; info(): BackendInfo } = choice.backend; // what runs the model now
+    let model: CausalModel;
+    if (choice.kind === 'gpu') {
+      try {
+        model = await GpuLlamaModel.create(src.config, weights, choice.backend, { ...modelOpts, onProgress: opts.onUploadProgress });
+      } catch (e) {
+        // auto may still run the model on the CPU; an explicit --backend webgpu reports the failure
+        if (opts.backend !== undefined && opts.backend !== 'auto') throw e;
+        choice.backend.dispose();
+        backends.length = 0;
+        const cpu = await createBackend('auto', { threads: opts.threads });
+        backends.push(cpu);
+        choice = { kind: 'cpu', backend: cpu, reason: `auto: ${cpu.name}, since the model failed to build on WebGPU (${(e as Error).message})` };
+        current = cpu;
+        model = new LlamaModel(src.config, weights, cpu, modelOpts);
+      }
+      const fallback = opts.gpuFallback ?? 'wasm';
+      if (choice.kind === 'gpu' && fallback !== false) {
+        const gpuName = choice.backend.info().variant.split(';')[0];
+        model = new FallbackModel(model, {
+          create: async () => {
+            const cpu = await createBackend(fallback, { threads: opts.threads });
+            backends.push(cpu);
+            current = cpu;
+            return new LlamaModel(src.config, weights, cpu, modelOpts);
+          },
+          onFallback: (cause: GpuDeviceLostError) => opts.onFallback?.(`${cause.message}; continuing on ${current.name} (${current.info().variant.split(';')[0]}) after ${gpuName}, replaying the context`),
+        });
+      }
+    } else {
+      model = new LlamaModel(src.config, weights, choice.backend, modelOpts);
+    }
     return {
-      model, tokenizer, backend, file: path, format: src.format,
+      model, tokenizer, file, format: src.format, backendReason: choice.reason,
+      get backend() {
+        return current;
+      },
       dispose() {
         model.dispose();
-        if (owned) backend.dispose();
+        for (const b of backends) b.dispose();
       },
     };
   } finally {

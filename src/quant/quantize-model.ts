@@ -2,10 +2,10 @@
 // layer inside the decoder blocks (and optionally the output layer) becomes a QuantizedLinear; the
 // embedding and norms stay dense. Peak memory is one f32 tensor plus its quantized form.
 
-import { basename } from 'node:path';
 import { FluteError } from '../errors.js';
 import { checkpointMetadata, layerBaseName, quantizedLayerEntries, TOKENIZER_TENSOR, type QuantizedLayerMeta } from '../format/checkpoint.js';
-import { writeSafetensors, type SafetensorsEntry } from '../format/safetensors.js';
+import { serializeSafetensors, writeSafetensors, type SafetensorsEntry } from '../format/safetensors.js';
+import { baseName } from '../format/source.js';
 import { numel } from '../format/tensors.js';
 import type { OpenedModel } from '../model/open.js';
 import { groupsPerRow, type QuantizedLinear } from './linear.js';
@@ -41,6 +41,22 @@ export interface QuantizeModelReport {
 }
 
 export async function quantizeModel(src: OpenedModel, outPath: string, opts: QuantizeModelOptions): Promise<QuantizeModelReport> {
+  return quantizeInto(src, outPath, opts, (entries, metadata) => writeSafetensors(outPath, entries, metadata));
+}
+
+/** The checkpoint quantizeModel would write, in memory (browsers: no files); report.out is "<memory>". */
+export async function quantizeModelToBytes(src: OpenedModel, opts: QuantizeModelOptions): Promise<{ bytes: Uint8Array; report: QuantizeModelReport }> {
+  let bytes: Uint8Array = new Uint8Array(0);
+  const report = await quantizeInto(src, '<memory>', opts, async (entries, metadata) => {
+    bytes = await serializeSafetensors(entries, metadata);
+    return bytes.length;
+  });
+  return { bytes, report };
+}
+
+type WriteCheckpoint = (entries: SafetensorsEntry[], metadata: Record<string, string>) => Promise<number>;
+
+async function quantizeInto(src: OpenedModel, out: string, opts: QuantizeModelOptions, write: WriteCheckpoint): Promise<QuantizeModelReport> {
   if (src.quantized.size > 0) {
     throw new FluteError('E_OPTION', `${src.file}: already quantized (${src.quantized.size} quantized layers); quantize the original dense model instead`);
   }
@@ -113,9 +129,9 @@ export async function quantizeModel(src: OpenedModel, outPath: string, opts: Qua
     quantization,
     dense: plan.filter((p) => !p.quantize).map((p) => p.name),
     tokenizer: tok ? 'llama2c' : undefined,
-    source: basename(src.file),
+    source: baseName(src.file),
   });
-  const bytes = await writeSafetensors(outPath, entries, metadata);
+  const bytes = await write(entries, metadata);
   const worst = layers.reduce<LayerReport | undefined>((w, l) => (!w || l.error.relRmse > w.error.relRmse ? l : w), undefined);
-  return { out: outPath, layers, worst, quantizedParams, denseParams, bitsPerWeight: quantizedBits / quantizedParams, bytes };
+  return { out, layers, worst, quantizedParams, denseParams, bitsPerWeight: quantizedBits / quantizedParams, bytes };
 }

@@ -8,7 +8,7 @@ import { ChatSession, createReplyStats } from '../../model/chat.js';
 import { loadModel } from '../../model/load.js';
 import { FluteError } from '../../errors.js';
 import { atMostOnePositional, isNonNegInt, isPosInt, num, parse, str } from '../args.js';
-import { BACKEND_HELP, BACKEND_OPTIONS, backendChoice } from '../backend-options.js';
+import { BACKEND_HELP, BACKEND_OPTIONS, backendChoice, terminalLoadOptions } from '../backend-options.js';
 import { bundledModelPath } from '../paths.js';
 
 const DEFAULTS = {
@@ -57,12 +57,13 @@ export async function chatCommand(argv: string[]): Promise<number> {
   const json = Boolean(p.values.json);
   const { backend, threads } = backendChoice(p);
 
-  const loaded = await loadModel(modelPath, { backend, threads, tokenizer: str(p, 'tokenizer'), maxContext: context });
+  const loaded = await loadModel(modelPath, { backend, threads, tokenizer: str(p, 'tokenizer'), maxContext: context, ...terminalLoadOptions(json) });
   const seqLen = loaded.model.seqLen;
   const session = new ChatSession(loaded.model, loaded.tokenizer, { temperature, topP, topK, seed, system: str(p, 'system') });
   const info = loaded.backend.info();
   const say = (line: string) => process.stderr.write(line + '\n');
   say(`flute chat: ${basename(modelPath)} on ${info.name} (${info.variant}), context ${seqLen} tokens, seed ${seed}`);
+  say(`flute chat: backend ${info.name}: ${loaded.backendReason}`);
   if (!session.templated) say('flute chat: this model has no chat template; using a plain "User: / Assistant:" transcript');
   say('Ctrl-C stops a reply; Ctrl-C twice at an empty prompt, or Ctrl-D, exits.');
 
@@ -114,7 +115,7 @@ export async function chatCommand(argv: string[]): Promise<number> {
       if (json) {
         process.stdout.write(JSON.stringify({
           user: line, reply, tokens: stats.generatedTokens, stopReason: stats.stopReason, promptTokens: stats.promptTokens,
-          reusedTokens: stats.reusedTokens, droppedMessages: stats.droppedMessages, tokensPerSecond, backend: info.name,
+          reusedTokens: stats.reusedTokens, droppedMessages: stats.droppedMessages, tokensPerSecond, backend: loaded.backend.name,
         }) + '\n');
       } else {
         process.stdout.write('\n');

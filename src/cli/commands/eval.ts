@@ -5,7 +5,7 @@ import { FluteError } from '../../errors.js';
 import { perplexity } from '../../eval/perplexity.js';
 import { loadModel } from '../../model/load.js';
 import { atMostOnePositional, isPosInt, num, parse, str } from '../args.js';
-import { BACKEND_HELP, BACKEND_OPTIONS, backendChoice } from '../backend-options.js';
+import { BACKEND_HELP, BACKEND_OPTIONS, backendChoice, reportBackend, terminalLoadOptions } from '../backend-options.js';
 import { bundledEvalTextPath, bundledModelPath } from '../paths.js';
 import { progressBar } from '../progress.js';
 import { rejectSweepOptions, SWEEP_HELP, SWEEP_OPTIONS, sweepCommand } from './eval-sweep.js';
@@ -43,6 +43,7 @@ export async function evalCommand(argv: string[]): Promise<number> {
   const maxWindows = p.values['max-windows'] === undefined ? undefined : num(p, 'max-windows', 1, isPosInt, 'a positive integer');
   const json = Boolean(p.values.json);
   const { backend, threads } = backendChoice(p);
+  if (p.values.sweep && backend === 'webgpu') throw new FluteError('E_OPTION', '--backend webgpu: the quality sweep runs exact f32 arithmetic on the CPU (wasm or ref); drop --backend or pick one of those');
   if (p.values.sweep) return sweepCommand(p, argv, atMostOnePositional('eval', p), { window, maxWindows, backend, threads });
   rejectSweepOptions(p);
   let text: string;
@@ -52,7 +53,8 @@ export async function evalCommand(argv: string[]): Promise<number> {
     const code = (e as NodeJS.ErrnoException).code;
     throw new FluteError(code === 'ENOENT' ? 'E_NOT_FOUND' : 'E_IO', `--text ${textPath}: ${code === 'ENOENT' ? 'no such file' : (e as Error).message}`);
   }
-  const loaded = await loadModel(modelPath, { backend, threads, tokenizer: str(p, 'tokenizer') });
+  const loaded = await loadModel(modelPath, { backend, threads, tokenizer: str(p, 'tokenizer'), ...terminalLoadOptions(json) });
+  reportBackend('eval', loaded);
   const bar = progressBar('eval', { enabled: !json });
   const t0 = performance.now();
   try {

@@ -3,7 +3,7 @@
 import { createGenerationStats, generate } from '../../model/generate.js';
 import { loadModel } from '../../model/load.js';
 import { atMostOnePositional, isNonNegInt, isPosInt, num, parse, str } from '../args.js';
-import { BACKEND_HELP, BACKEND_OPTIONS, backendChoice } from '../backend-options.js';
+import { BACKEND_HELP, BACKEND_OPTIONS, backendChoice, reportBackend, terminalLoadOptions } from '../backend-options.js';
 import { bundledModelPath } from '../paths.js';
 
 const DEFAULTS = {
@@ -46,7 +46,8 @@ export async function runCommand(argv: string[]): Promise<number> {
   const json = Boolean(p.values.json);
   const { backend, threads } = backendChoice(p);
 
-  const loaded = await loadModel(modelPath, { backend, threads, tokenizer: str(p, 'tokenizer') });
+  const loaded = await loadModel(modelPath, { backend, threads, tokenizer: str(p, 'tokenizer'), ...terminalLoadOptions(json) });
+  reportBackend('run', loaded);
   const ac = new AbortController();
   const onSigint = () => ac.abort();
   process.once('SIGINT', onSigint);

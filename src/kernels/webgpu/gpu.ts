@@ -253,3 +253,14 @@ export function adapterName(a: AdapterSummary): string {
   const main = [a.vendor, a.architecture, a.device].filter(Boolean).join(' ') || 'unknown adapter';
   return a.description ? `${main} (${a.description})` : main;
 }
+
+/**
+ * True when the adapter runs on the CPU: the browser's fallback adapter, SwiftShader, Mesa's
+ * llvmpipe / lavapipe / softpipe, WARP. In Node, the OpenGL ES compatibility-mode adapter is counted
+ * too: acquireNode only reaches it as the last resort after Vulkan, where it is Mesa llvmpipe.
+ */
+export function isSoftwareAdapter(a: AdapterSummary): boolean {
+  if (a.isFallbackAdapter) return true;
+  const text = [a.vendor, a.architecture, a.device, a.description, a.via].join(' ');
+  return /swiftshader|llvmpipe|lavapipe|softpipe|software|microsoft basic render|\bwarp\b/i.test(text) || a.via.startsWith('opengles compatibility');
+}

@@ -19,6 +19,7 @@
 import { FluteError } from '../../errors.js';
 import { validateQuantizedLinear, type DenseLinear, type Linear, type QuantizedLinear } from '../../quant/linear.js';
 import type { BackendInfo } from '../types.js';
+import { GpuDeviceLostError } from './device-lost.js';
 import { BUF, MAP_READ, acquireAdapter, adapterName, summarizeAdapter, type AdapterRequest } from './gpu.js';
 import {
   ACT_ALIGN,
@@ -40,7 +41,9 @@ import { REDUCE_WG } from './wgsl/reduce.js';
 import { GEMM_TK, type GemmSpec, type GemvSpec, type KernelSpec, type WeightKind } from './wgsl/spec.js';
 import type {
   AdapterSummary,
+  GpuEncodeOptions,
   GpuKernelBackend,
+  GpuMatmulEncoding,
   GpuMatmulOptions,
   GpuMatmulPlan,
   GpuPrecision,
@@ -54,6 +57,8 @@ export type * from './types.js';
 export { ACT_ALIGN, lutGeometry, packLutIndices, buildLutTable, buildUnitScales } from './layout.js';
 export { generateWgsl } from './programs.js';
 export { selfCheckWebGpu, GPU_TOLERANCE } from './selfcheck.js';
+export { GpuDeviceLostError, isDeviceLost } from './device-lost.js';
+export { adapterName, isSoftwareAdapter } from './gpu.js';
 export { specKey } from './wgsl/spec.js';
 export type { KernelSpec, GemvSpec, GemmSpec, WeightKind } from './wgsl/spec.js';
 export type { Arith } from './wgsl/common.js';
@@ -279,7 +284,7 @@ class WebGpuBackend implements GpuKernelBackend {
   private dev(): GPUDevice {
     if (!this.device) throw new FluteError('E_BACKEND', 'webgpu: the backend was disposed');
     if (this.lostInfo) {
-      throw new FluteError('E_BACKEND', `webgpu: the device was lost (${this.lostInfo.reason}: ${this.lostInfo.message || 'no message'}); create a new backend`);
+      throw new GpuDeviceLostError(String(this.lostInfo.reason), this.lostInfo.message);
     }
     if (this.uncaptured) {
       const m = this.uncaptured;
@@ -321,6 +326,17 @@ class WebGpuBackend implements GpuKernelBackend {
     else for (let r = 0; r < rows; r++) dst.set(x.subarray(r * cols, (r + 1) * cols), r * stride);
     buffer.unmap();
     return { rows, cols, stride, buffer, owner: this };
+  }
+
+  gpuDevice(): GPUDevice {
+    return this.dev();
+  }
+
+  createTensor(rows: number, cols: number, label = 'tensor'): GpuTensor {
+    if (!Number.isInteger(rows) || rows < 1 || !Number.isInteger(cols) || cols < 1) {
+      throw new FluteError('E_SHAPE', `webgpu createTensor ${label}: expected positive integer rows and cols, got [${rows}, ${cols}]`);
+    }
+    return this.emptyTensor(rows, cols);
   }
 
   private emptyTensor(rows: number, cols: number): GpuTensor {
@@ -572,6 +588,7 @@ class WebGpuBackend implements GpuKernelBackend {
     const cps = Math.ceil(cpr / split);
     split = Math.ceil(cpr / cps); // no empty slices
     const programKeys = [spec, ...(split > 1 ? [{ op: 'reduce' } as KernelSpec] : [])].map((s) => JSON.stringify(s));
+    const scratchBytes = split > 1 ? split * mChunk * data.np * 4 : 0;
     return {
       path,
       precision,
@@ -581,6 +598,7 @@ class WebGpuBackend implements GpuKernelBackend {
       workgroups: tiles * split,
       shards: data.shards.length,
       programKeys,
+      scratchBytes,
       arith,
       spec,
       rowsPerWorkgroup: rowsPer,
@@ -619,7 +637,7 @@ class WebGpuBackend implements GpuKernelBackend {
   }
 
   /** Every dispatch of one matmul, with the transient uniform buffer they use. */
-  private build(data: PreparedData, x: GpuTensor, m: number, y: GpuTensor, plan: Plan): { dispatches: Dispatch[]; transient: GPUBuffer[] } {
+  private build(data: PreparedData, x: GpuTensor, m: number, y: GpuTensor, plan: Plan, scratchBuf?: GPUBuffer): { dispatches: Dispatch[]; transient: GPUBuffer[] } {
     const dev = this.dev();
     const pd = this.precisionData(data, plan.precision);
     const prog = this.programs.get(plan.spec);
@@ -637,7 +655,7 @@ class WebGpuBackend implements GpuKernelBackend {
     const hrow = geo && geo.hiWords ? (isGemv ? geo.hiWords / 2 : geo.hiWords) : 0;
     const dispatches: Dispatch[] = [];
     let slot = 0;
-    const scratch = reduce ? this.scratchFor(plan.splitK * plan.mChunk * data.np * 4) : null;
+    const scratch = reduce ? (scratchBuf ?? this.scratchFor(plan.scratchBytes)) : null;
     for (const [m0, m1] of mChunks) {
       const mc = m1 - m0;
       const xBind = { buffer: x.buffer, offset: m0 * x.stride * 4, size: mc * x.stride * 4 };
@@ -687,6 +705,32 @@ class WebGpuBackend implements GpuKernelBackend {
       pass.setBindGroup(0, d.bindGroup);
       pass.dispatchWorkgroups(d.count[0], d.count[1], d.count[2]);
     }
+  }
+
+  encodeMatmul(layer: GpuPreparedLinear, x: GpuTensor, m: number, y: GpuTensor, opts?: GpuEncodeOptions): GpuMatmulEncoding {
+    const data = this.checkArgs(layer, x, m);
+    if (y.owner !== this) throw new FluteError('E_BACKEND', 'webgpu encodeMatmul: the output tensor belongs to another backend');
+    if (y.rows < m || y.cols !== layer.n || y.stride !== data.np) {
+      throw new FluteError('E_SHAPE', `webgpu encodeMatmul: output tensor must be [${m}, ${layer.n}] with stride ${data.np}, got [${y.rows}, ${y.cols}] stride ${y.stride}`);
+    }
+    const plan = this.planInternal(data, m, opts);
+    if (opts?.scratch && opts.scratch.size < plan.scratchBytes) {
+      throw new FluteError('E_SHAPE', `webgpu encodeMatmul: scratch buffer of ${opts.scratch.size} bytes, the split-K partials need ${plan.scratchBytes}`);
+    }
+    const { dispatches, transient } = this.build(data, x, m, y, plan, opts?.scratch);
+    let released = false;
+    return {
+      plan: this.stripPlan(plan),
+      record: (pass) => {
+        if (released) throw new FluteError('E_BACKEND', 'webgpu: the matmul encoding was released');
+        this.record(pass, dispatches);
+      },
+      release: () => {
+        if (released) return;
+        released = true;
+        for (const b of transient) b.destroy();
+      },
+    };
   }
 
   matmulToTensor(layer: GpuPreparedLinear, x: Float32Array | GpuTensor, m: number, opts?: GpuMatmulOptions): GpuTensor {
@@ -800,8 +844,8 @@ class WebGpuBackend implements GpuKernelBackend {
   }
 
   private stripPlan(p: Plan): GpuMatmulPlan {
-    const { path, precision, f16Native, splitK, duplication, workgroups, shards, programKeys } = p;
-    return { path, precision, f16Native, splitK, duplication, workgroups, shards, programKeys };
+    const { path, precision, f16Native, splitK, duplication, workgroups, shards, programKeys, scratchBytes } = p;
+    return { path, precision, f16Native, splitK, duplication, workgroups, shards, programKeys, scratchBytes };
   }
 
   /** Times GEMV M=1 with 1, 2, 4, 8 table copies on this layer and keeps the fastest for its format. */

@@ -38,6 +38,7 @@ export interface GpuMatmulPlan {
   readonly workgroups: number; // first-pass workgroups over all shards and M chunks
   readonly shards: number; // row shards (bindings split to respect maxStorageBufferBindingSize)
   readonly programKeys: readonly string[]; // program-cache keys used
+  readonly scratchBytes: number; // split-K partial outputs one dispatch chunk needs (0 without split-K)
 }
 
 export interface GpuMatmulOptions extends MatmulOptions {
@@ -49,6 +50,27 @@ export interface GpuMatmulOptions extends MatmulOptions {
   readonly splitK?: 'auto' | number;
   /** Copies of the pair table in workgroup memory (1, 2, 4, 8, ...); default: the backend's choice. */
   readonly duplication?: number;
+}
+
+/**
+ * A matmul recorded once and replayed into many compute passes (an on-GPU forward pass): its
+ * dispatches read one fixed x tensor and write one fixed y tensor, so only the pass is per call.
+ */
+export interface GpuMatmulEncoding {
+  readonly plan: GpuMatmulPlan;
+  /** Appends the matmul's dispatches (first pass, then the split-K reduction) to `pass`. */
+  record(pass: GPUComputePassEncoder): void;
+  /** Frees its uniform buffer; call once no further submit will use it. */
+  release(): void;
+}
+
+export interface GpuEncodeOptions extends GpuMatmulOptions {
+  /**
+   * Buffer for split-K partial outputs, at least plan.scratchBytes (STORAGE usage). Default: the
+   * backend's shared scratch, which a later, larger matmul may replace (so pass one for encodings
+   * that outlive the next matmul call).
+   */
+  readonly scratch?: GPUBuffer;
 }
 
 export interface AdapterSummary {
@@ -98,6 +120,18 @@ export interface GpuKernelBackend {
   matmul(layer: GpuPreparedLinear, x: Float32Array | GpuTensor, m: number, out?: Float32Array, opts?: GpuMatmulOptions): Promise<Float32Array>;
   /** The same product left on the device (no readback): the building block of an on-GPU forward pass. */
   matmulToTensor(layer: GpuPreparedLinear, x: Float32Array | GpuTensor, m: number, opts?: GpuMatmulOptions): GpuTensor;
+  /**
+   * Records y = x W^T for fixed device tensors x [m, K] and y [m, N] (y's stride = N rounded up to
+   * 64) without submitting: the caller replays it inside its own passes and submits.
+   */
+  encodeMatmul(layer: GpuPreparedLinear, x: GpuTensor, m: number, y: GpuTensor, opts?: GpuEncodeOptions): GpuMatmulEncoding;
+  /** A zero-filled device tensor [rows, cols] (padded stride), for callers that chain kernels. */
+  createTensor(rows: number, cols: number, label?: string): GpuTensor;
+  /**
+   * The GPUDevice, for callers that record their own kernels beside the matmuls. Throws
+   * GpuDeviceLostError when the device was lost, E_BACKEND when disposed.
+   */
+  gpuDevice(): GPUDevice;
   /** The decomposition matmul() would use (path, split-K, duplication, shards). */
   plan(layer: GpuPreparedLinear, m: number, opts?: GpuMatmulOptions): GpuMatmulPlan;
   /** Uploads x [rows, cols] into a padded device tensor. */
