@@ -6,7 +6,7 @@
 
 import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, statSync } from 'node:fs';
-import { homedir } from 'node:os';
+import { homedir, loadavg } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { FluteError } from '../src/errors.js';
@@ -35,6 +35,8 @@ export interface RaceRow {
   readonly decodeTokens: number;
   readonly fluteVariant: string; // the kernel backend that ran
   readonly llamaCppVersion: string; // node-llama-cpp's version and build
+  /** The 1-minute load average when each engine's process finished: other work on the machine slows either one. */
+  readonly loadAverage: { readonly llamaCpp: number; readonly flute: number };
 }
 
 /** LLaMA-3.2-1B's shapes with Meta's interleaved RoPE (GGUF's order). Tied embeddings, 128256-token vocabulary. */
@@ -349,8 +351,10 @@ export async function runRace(o: RaceOptions): Promise<RaceRow[]> {
     };
     o.log(`llama.cpp  ${f.model} ${f.type}, threads ${o.threads.join(',')}...`);
     const cpp = await runJobIsolated({ ...job, engine: 'llama.cpp' }, o.log);
+    const cppLoad = loadavg()[0];
     o.log(`flute      ${f.model} ${f.type}, threads ${o.threads.join(',')}...`);
     const ours = await runJobIsolated({ ...job, engine: 'flute' }, o.log);
+    const fluteLoad = loadavg()[0];
     o.threads.forEach((threads, i) => {
       const agree = commonPrefix(ours.tokens[i], cpp.tokens[i]);
       rows.push({
@@ -358,6 +362,7 @@ export async function runRace(o: RaceOptions): Promise<RaceRow[]> {
         fluteTokensPerSecond: ours.tokensPerSecond[i], llamaCppTokensPerSecond: cpp.tokensPerSecond[i],
         sameTokens: agree === f.n && cpp.tokens[i].length === f.n, agreeTokens: agree, decodeTokens: f.n,
         fluteVariant: ours.variant, llamaCppVersion: cpp.variant,
+        loadAverage: { llamaCpp: cppLoad, flute: fluteLoad },
       });
       o.log(`  ${threads} thread(s): flute ${ours.tokensPerSecond[i].toFixed(2)} tok/s, llama.cpp ${cpp.tokensPerSecond[i].toFixed(2)} tok/s, same tokens for ${agree}/${f.n}`);
     });
@@ -368,13 +373,14 @@ export async function runRace(o: RaceOptions): Promise<RaceRow[]> {
 /** The rows as a Markdown table. */
 export function formatRaceTable(rows: readonly RaceRow[]): string {
   const lines = [
-    '| model | GGUF type | threads | flute-engine tok/s | llama.cpp tok/s | flute / llama.cpp | same tokens |',
-    '|---|---|---:|---:|---:|---:|---|',
+    '| model | GGUF type | threads | flute-engine tok/s | llama.cpp tok/s | flute / llama.cpp | same tokens | load avg (llama.cpp / flute) |',
+    '|---|---|---:|---:|---:|---:|---|---|',
   ];
   for (const r of rows) {
     const ratio = r.llamaCppTokensPerSecond > 0 ? r.fluteTokensPerSecond / r.llamaCppTokensPerSecond : 0;
     const same = r.sameTokens ? `yes (${r.decodeTokens})` : `no: first ${r.agreeTokens} of ${r.decodeTokens}`;
-    lines.push(`| ${r.model} | ${r.type} | ${r.threads} | ${r.fluteTokensPerSecond.toFixed(2)} | ${r.llamaCppTokensPerSecond.toFixed(2)} | ${ratio.toFixed(2)}x | ${same} |`);
+    const load = `${r.loadAverage.llamaCpp.toFixed(1)} / ${r.loadAverage.flute.toFixed(1)}`;
+    lines.push(`| ${r.model} | ${r.type} | ${r.threads} | ${r.fluteTokensPerSecond.toFixed(2)} | ${r.llamaCppTokensPerSecond.toFixed(2)} | ${ratio.toFixed(2)}x | ${same} | ${load} |`);
   }
   return lines.join('\n');
 }

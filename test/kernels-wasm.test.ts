@@ -1,6 +1,7 @@
 // The wasm backend against the reference: exact f32 path (1e-5 relative and a per-element summation
 // bound), integer-activation path (a per-element bound derived from the codebook and activation
-// quantization steps), generic and dense kernels, identity round trips, threads, guards, bad inputs.
+// quantization steps), generic and dense kernels, identity round trips, threads (work sharing, the
+// barrier's timeout), each V8 compiler tier alone, guards, bad inputs.
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { FluteError } from '../src/errors.js';
@@ -12,6 +13,8 @@ import { createRefBackend } from '../src/kernels/ref/index.js';
 import type { KernelBackend } from '../src/kernels/types.js';
 import { createWasmBackend, packForWasm, wasmCapabilities, type WasmKernelBackend, type WasmMatmulOptions } from '../src/kernels/wasm/index.js';
 import { buildKernelModule } from '../src/kernels/wasm/codegen.js';
+import { FuncBuilder, I32, ModuleBuilder, Op } from '../src/kernels/wasm/encoder.js';
+import { ThreadPool } from '../src/kernels/wasm/threads.js';
 import { buildCodebook, quantizeActivations, roundUp, tileF32, type ActGeometry } from '../src/kernels/wasm/layout.js';
 import { identity, randInt, randn, relErr, rng } from './helpers.js';
 
@@ -434,6 +437,128 @@ test('wasm threads: larger GEMV/GEMM results do not depend on the thread count',
       const ys = one.map(({ be }) => guardedMatmul(be, layer, x, m, { activations: act }, `wasm(threads,m=${m},${act})`));
       assert.deepEqual(ys[0], ys[1], `wasm(path=${act},bits=4,g=128,m=${m},n=300,k=512): 1 vs 2 threads`);
     }
+  }
+});
+
+// ---------------------------------------------------------------------------------------------
+// Compiler tiers: V8 runs Liftoff code first and TurboFan code after tier-up, but the self-check only
+// sees the first. Each tier alone, in a child process: every relaxed dot form the backend accepts
+// there agrees with the reference (and the split form, the Node 20 default, is accepted in both).
+
+const TIER_CHILD = `
+const { createWasmBackend } = await import(process.argv[1]);
+const { dequantize } = await import(process.argv[2]);
+const dot = process.argv[3];
+const be = await createWasmBackend({ threads: 1, relaxed: true, relaxedDot: dot });
+let seed = 7;
+const rand = () => ((seed = (Math.imul(seed, 1103515245) + 12345) >>> 0) / 2 ** 32);
+let worst = 0;
+for (const [bits, n, k, g, m] of [[4, 64, 512, 32, 1], [4, 40, 256, 64, 5], [2, 36, 192, 64, 5], [3, 20, 160, 32, 1]]) {
+  const table = Float32Array.from({ length: 1 << bits }, (_, i) => Math.fround(i - (1 << (bits - 1)) + 0.3 * Math.sin(i)));
+  const G = Math.ceil(k / g);
+  const packed = Uint8Array.from({ length: n * Math.ceil((k * bits) / 8) }, () => Math.floor(rand() * 256));
+  const scales = Float32Array.from({ length: n * G }, () => Math.fround(0.5 + rand()));
+  const layer = { kind: 'quantized', n, k, bits, groupSize: g, tableKind: 'custom', table, scaleDtype: 'f32', scales, packed };
+  const w = dequantize(layer);
+  const p = be.prepare(layer);
+  for (let rep = 0; rep < 40; rep++) { // enough calls for tier-up where it is allowed
+    const x = Float32Array.from({ length: m * k }, () => rand() * 2 - 1);
+    const y = be.matmul(p, x, m);
+    for (let i = 0; i < m; i++) for (let j = 0; j < n; j++) {
+      let ref = 0, mag = 0;
+      for (let c = 0; c < k; c++) { ref += w[j * k + c] * x[i * k + c]; mag += Math.abs(w[j * k + c] * x[i * k + c]); }
+      worst = Math.max(worst, Math.abs(y[i * n + j] - ref) / mag);
+    }
+  }
+  be.release(p);
+}
+console.log(JSON.stringify({ variant: be.info().variant, worst }));
+be.dispose();
+`;
+
+test('wasm relaxed dot forms under each V8 tier alone (--liftoff-only, --no-liftoff): accepted forms agree with the reference', { timeout: 120_000 }, async (t) => {
+  if (!caps.relaxed) {
+    assert.ok(process.env.CI !== 'true', 'CI must run a runtime with relaxed SIMD');
+    t.skip('no relaxed SIMD in this runtime');
+    return;
+  }
+  const { spawnSync } = await import('node:child_process');
+  const index = new URL('../src/kernels/wasm/index.js', import.meta.url).href;
+  const linear = new URL('../src/quant/linear.js', import.meta.url).href;
+  for (const tier of ['--liftoff-only', '--no-liftoff']) {
+    for (const dot of ['fused', 'split'] as const) {
+      const id = `wasm(tier=${tier},dot=${dot})`;
+      const r = spawnSync(process.execPath, [...process.execArgv, tier, '--input-type=module', '-e', TIER_CHILD, index, linear, dot], { encoding: 'utf8', timeout: 60_000 });
+      assert.equal(r.status, 0, `${id}: child failed: ${r.stderr}`);
+      const { variant, worst } = JSON.parse(r.stdout.trim().split('\n').pop() ?? '{}') as { variant: string; worst: number };
+      const accepted = variant.startsWith(`SIMD128 + relaxed SIMD (${dot} dot`);
+      if (dot === 'split') assert.ok(accepted, `${id}: the split form passes its self-check in every tier: ${variant}`);
+      // the 7-bit codebook and int8 activations: the self-check's own 5% of sum|W x|, never more
+      if (accepted) assert.ok(worst < 0.05, `${id}: worst |y - ref| / sum|W x| = ${worst}`);
+      else assert.match(variant, new RegExp(`relaxed SIMD with ${dot} dot failed its self-check`), `${id}: a rejected form says so`);
+      t.diagnostic(`${id}: ${accepted ? `runs, worst error ${worst.toExponential(2)} of sum|W x|` : 'rejected by the self-check'}`);
+    }
+  }
+});
+
+/** A 2-thread pool whose worker's `work(tid)` never returns (tid >= 1 loops forever). */
+async function stuckPool(timeoutMs: number): Promise<{ pool: ThreadPool; calls: number[] }> {
+  const f = new FuncBuilder('work', [I32]);
+  f.get(0).op(Op.i32_eqz).brIf(0); // tid 0 (the caller) returns at once, taking and counting nothing
+  f.loop(() => f.br(0)); // every worker spins forever: the job never finishes
+  const mb = new ModuleBuilder({ module: 'env', name: 'memory', initialPages: 1, maximumPages: 1, shared: true });
+  mb.add(f);
+  const module = await WebAssembly.compile(mb.encode());
+  const memory = new WebAssembly.Memory({ initial: 1, maximum: 1, shared: true } as WebAssembly.MemoryDescriptor);
+  const calls: number[] = [];
+  const inst = await WebAssembly.instantiate(module, { env: { memory } });
+  const work = inst.exports.work as (tid: number) => void;
+  const pool = await ThreadPool.create(2, module, memory, (tid) => (calls.push(tid), work(tid)), { timeoutMs });
+  return { pool, calls };
+}
+
+test('wasm threads: a worker that never finishes its job gives E_BACKEND within the timeout, and the pool stays stopped', { timeout: 20_000 }, async () => {
+  const { pool, calls } = await stuckPool(300);
+  try {
+    const t0 = performance.now();
+    assert.throws(() => pool.run(4), (e: unknown) => isCode('E_BACKEND')(e) && /4 of 4 row quads of a job were not finished within 300 ms/.test((e as Error).message));
+    const waited = performance.now() - t0;
+    assert.ok(waited >= 290 && waited < 5000, `waited ${waited.toFixed(0)} ms for a 300 ms timeout`);
+    assert.deepEqual(calls, [0], 'the caller ran its share once');
+    assert.throws(() => pool.run(4), (e: unknown) => isCode('E_BACKEND')(e) && /stopped/.test((e as Error).message), 'later jobs are refused');
+    assert.deepEqual(calls, [0], 'a refused job runs nothing');
+  } finally {
+    pool.dispose();
+  }
+});
+
+test('wasm threads: the barrier timeout option is validated; shared and caller-only jobs alternate correctly', async () => {
+  await assert.rejects(createWasmBackend({ threads: 2, barrierTimeoutMs: 0 }), isCode('E_OPTION'));
+  await assert.rejects(createWasmBackend({ threads: 2, barrierTimeoutMs: -5 }), isCode('E_OPTION'));
+  const be = await createWasmBackend({ threads: 2, relaxed: false, barrierTimeoutMs: 5000 });
+  try {
+    // a job big enough to wake the worker, then one small enough for the caller alone: a worker that
+    // wakes late for the first may take a run of the second, which must still be waited for
+    const big = randomLayer(rng(5), 4, 256, 512, 128, 'nf');
+    const small = randomLayer(rng(7), 4, 8, 64, 32, 'nf');
+    const xb = randn(rng(6), 3 * 512);
+    const xs = randn(rng(8), 64);
+    const one = backends[0].be;
+    const wantBig = guardedMatmul(one, big, xb, 3, { activations: 'f32' }, 'wasm(threads=1,big)');
+    const wantSmall = guardedMatmul(one, small, xs, 1, { activations: 'f32' }, 'wasm(threads=1,small)');
+    const pb = be.prepare(big);
+    const ps = be.prepare(small);
+    try {
+      for (let i = 0; i < 200; i++) {
+        assert.deepEqual(be.matmul(pb, xb, 3, undefined, { activations: 'f32' }), wantBig, `wasm(threads=2,big,round ${i})`);
+        assert.deepEqual(be.matmul(ps, xs, 1, undefined, { activations: 'f32' }), wantSmall, `wasm(threads=2,small,round ${i})`);
+      }
+    } finally {
+      be.release(pb);
+      be.release(ps);
+    }
+  } finally {
+    be.dispose();
   }
 });
 

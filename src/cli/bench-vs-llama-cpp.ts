@@ -39,7 +39,8 @@ engines produced the same tokens.
   --cache DIR        where node-llama-cpp and the synthetic models go (default $FLUTE_CACHE or ~/.cache/flute-engine)
   --update-md F      rewrite the table between <!-- vs-llama-cpp:begin --> and <!-- vs-llama-cpp:end --> in F
   --json             print the rows as a JSON array: model, type, threads, fluteTokensPerSecond,
-                     llamaCppTokensPerSecond, sameTokens (and agreeTokens, decodeTokens, variants)
+                     llamaCppTokensPerSecond, sameTokens (and agreeTokens, decodeTokens, variants,
+                     loadAverage: the 1-minute load average when each engine's process finished)
 
 Example:
   flute bench vs-llama-cpp --models llama-3.2-1b-shape --types iq4_nl --threads 1,2 --json`;
@@ -69,6 +70,7 @@ export async function benchVsLlamaCppCommand(argv: string[]): Promise<number> {
   });
   if (p.values.help) return console.log(HELP), 0;
   if (p.positionals.length > 0) throw new FluteError('E_OPTION', `flute bench vs-llama-cpp: unexpected argument ${JSON.stringify(p.positionals[0])} (see --help)`);
+  const loadAtStart = os.loadavg()[0];
   const rows = await runRace({
     models: list<RaceModel>(p, 'models', RACE_MODELS, DEFAULTS.models),
     types: list<GgufWriteType>(p, 'types', GGUF_WRITE_TYPES, DEFAULTS.types),
@@ -80,18 +82,18 @@ export async function benchVsLlamaCppCommand(argv: string[]): Promise<number> {
     log: (line) => process.stderr.write(line + '\n'),
   });
   const md = str(p, 'update-md');
-  if (md) await updateMarkdown(md, rows, ['flute bench vs-llama-cpp', ...argv].join(' '));
+  if (md) await updateMarkdown(md, rows, ['flute bench vs-llama-cpp', ...argv].join(' '), loadAtStart);
   console.log(p.values.json ? JSON.stringify(rows, null, 2) : formatRaceTable(rows));
   return 0;
 }
 
 /** Replaces the marked section of a Markdown file with the table and the conditions it was measured in. */
-async function updateMarkdown(file: string, rows: readonly RaceRow[], command: string): Promise<void> {
+async function updateMarkdown(file: string, rows: readonly RaceRow[], command: string, loadAtStart: number): Promise<void> {
   const cpu = os.cpus()[0]?.model?.trim() ?? 'unknown CPU';
   const body = [
     `Command: \`${command}\``,
     '',
-    `Machine: ${cpu}, ${os.cpus().length} logical cores, ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB, Node ${process.versions.node}, ${process.platform}-${process.arch}; load average ${os.loadavg()[0].toFixed(1)} at the end; ${new Date().toISOString().slice(0, 10)}.`,
+    `Machine: ${cpu}, ${os.cpus().length} logical cores, ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB, Node ${process.versions.node}, ${process.platform}-${process.arch}; 1-minute load average ${loadAtStart.toFixed(1)} at the start, ${os.loadavg()[0].toFixed(1)} at the end (per row in the last column); ${new Date().toISOString().slice(0, 10)}.`,
     `flute-engine: ${rows[0]?.fluteVariant.replace(/, \d+ threads?/, '') ?? '-'}.`,
     `llama.cpp: ${rows[0]?.llamaCppVersion ?? '-'}.`,
     '',

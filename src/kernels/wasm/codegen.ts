@@ -1,15 +1,17 @@
 // Generates the wasm backend's kernel module: LUT matmul kernels for layout bits 2, 3, 4 (exact f32
 // and integer-activation paths), a dense f32 kernel, a scalar generic LUT kernel, and `work(tid)`,
-// which reads the job block in shared memory, takes this thread's share of row quads and runs the
-// job's kernel. One module per variant (SIMD128, or SIMD128 + relaxed SIMD); layouts are in layout.ts.
+// which reads the job block in shared memory and runs the job's kernel on runs of row quads it takes
+// from a shared counter until none are left. One module per variant (SIMD128, or SIMD128 + relaxed
+// SIMD); layouts are in layout.ts.
 //
 // Every kernel has the signature (rq0, rq1) -> () and reads its parameters from the job block; it
 // loops over its row quads, then over activation tiles of up to MT rows (bodies specialised for tile
 // sizes 1..MT so a decoded weight vector is reused by every row of the tile: GEMV at M=1, a small
 // GEMM for M>1, never M separate GEMVs), then over groups and 32-k chunks, fully unrolled inside a chunk.
 
-import { F32, FuncBuilder, I32, ModuleBuilder, Op, S, V128, type MemoryImport } from './encoder.js';
+import { A, F32, FuncBuilder, I32, ModuleBuilder, Op, S, V128, type MemoryImport } from './encoder.js';
 import { CHUNK } from './layout.js';
+import { CTRL } from './threads.js';
 
 // ---------------------------------------------------------------------------------------------
 // The job block: kernel parameters, written by the calling thread before it releases the workers
@@ -17,11 +19,18 @@ import { CHUNK } from './layout.js';
 /** Byte address of the job block (the control words of threads.ts sit below it). */
 export const JOB_ADDR = 256;
 
+/**
+ * Byte addresses of the two control words `work` updates (threads.ts CTRL): units not yet taken,
+ * counted down by every taker, and units computed, counted up.
+ */
+export const LEFT_ADDR = 4 * CTRL.left;
+export const FINISHED_ADDR = 4 * CTRL.finished;
+
 /** i32 word indices in the job block. */
 export const J = {
   fn: 0, // kernel id (FN)
-  threads: 1, // threads taking part
-  units: 2, // row quads (rows for the generic kernel) to split between threads
+  threads: 1, // threads taking part (informational: work() takes runs from the counter, any thread any run)
+  units: 2, // row quads (rows for the generic kernel) of the job
   w: 3, // weights
   s: 4, // scales
   table: 5, // byte planes (exact) / 16-byte codebook (int) / f32[256] table (generic)
@@ -38,6 +47,7 @@ export const J = {
   groupSize: 16, // g (generic)
   kp: 17, // padded K of the activation tiles (elements)
   n: 18, // N (generic: rows to skip past N)
+  grab: 19, // units a thread takes at a time from the counter at LEFT_ADDR
 } as const;
 export const JOB_WORDS = 32;
 
@@ -644,25 +654,33 @@ export function buildKernelModule(v: KernelVariant, shared = true): Uint8Array<A
   kernels.sort((a, b) => a[0] - b[0]);
   const index = kernels.map(([, k]) => mb.add(k));
 
-  // work(tid): [rq0, rq1) = this thread's share of job.units, then call the job's kernel
+  // work(tid): take runs of `grab` units from the top of the counter at LEFT_ADDR until it is used up
+  // (left <= 0), run the job's kernel on each, then count them at FINISHED_ADDR. Taking work rather
+  // than a fixed share per thread keeps a job moving when the OS deschedules one thread (a busy
+  // machine, SMT siblings): the others take its share. Which thread computes a row never changes
+  // its value, so results do not depend on the thread count or timing.
   const work = new FuncBuilder('work', [I32]);
-  const r0 = work.local(I32);
-  const r1 = work.local(I32);
-  const share = (t: () => void) => {
-    job(work, J.units);
-    t();
-    work.op(Op.i32_mul);
-    job(work, J.threads);
-    work.op(Op.i32_div_u);
-  };
-  share(() => work.get(0));
-  work.set(r0);
-  share(() => work.get(0).i32(1).op(Op.i32_add));
-  work.set(r1);
-  for (let i = 0; i < index.length; i++) {
-    job(work, J.fn);
-    work.i32(i).op(Op.i32_eq).if(() => work.get(r0).get(r1).call(index[i]));
-  }
+  const hi = work.local(I32);
+  const lo = work.local(I32);
+  work.block(() =>
+    work.loop(() => {
+      work.i32(LEFT_ADDR);
+      job(work, J.grab);
+      work.atomic(A.i32_atomic_rmw_sub, 2, 0).tee(hi);
+      work.i32(0).op(Op.i32_le_s).brIf(1); // nothing left: done
+      // lo = max(0, hi - grab)
+      work.get(hi);
+      job(work, J.grab);
+      work.op(Op.i32_sub).tee(lo).i32(0).op(Op.i32_lt_s);
+      work.if(() => work.i32(0).set(lo));
+      for (let i = 0; i < index.length; i++) {
+        job(work, J.fn);
+        work.i32(i).op(Op.i32_eq).if(() => work.get(lo).get(hi).call(index[i]));
+      }
+      work.i32(FINISHED_ADDR).get(hi).get(lo).op(Op.i32_sub).atomic(A.i32_atomic_rmw_add, 2, 0).op(Op.drop);
+      work.br(0);
+    }),
+  );
   mb.add(work);
   mb.add(actQuantKernel(false));
   mb.add(actQuantKernel(true));

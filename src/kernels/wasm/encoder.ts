@@ -27,6 +27,11 @@ export const Op = {
   f32_convert_i32_s: 0xb2,
 } as const;
 
+/** Atomic memory opcodes of the threads proposal (after the 0xfe prefix). */
+export const A = {
+  i32_atomic_rmw_add: 0x1e, i32_atomic_rmw_sub: 0x25,
+} as const;
+
 /** SIMD opcodes (after the 0xfd prefix, LEB128-encoded). */
 export const S = {
   v128_load: 0, v128_load8_splat: 7, v128_load32_splat: 9, v128_load64_splat: 10, v128_store: 11,
@@ -156,6 +161,15 @@ export class FuncBuilder {
   }
   f32Load(offset = 0): this {
     return this.mem(Op.f32_load, 2, offset);
+  }
+
+  // --- threads proposal: atomic memory operations (0xFE prefix; align must be the natural one)
+  atomic(opcode: number, align: number, offset: number): this {
+    this.code.push(0xfe);
+    uleb(opcode, this.code);
+    uleb(align, this.code);
+    uleb(offset, this.code);
+    return this;
   }
 
   // --- SIMD

@@ -14,9 +14,11 @@
 //     128 padded columns (d = amax/Q, q = nearest(x/d)), the table approximated by an integer codebook
 //     T ~= t*c (one v128, looked up by swizzle), integer dot products, one f32 fold per block.
 //     Relaxed variant: int8 activations (Q = 127) x 7-bit codes (c in [-64, 63], stored +64) via the
-//     relaxed int8 dot; SIMD128 variant: int16 activations (Q = 32767) x int8 codes (c in [-127, 127])
-//     via i32x4.dot_i16x8_s. Per element, with eT = max_j |T_j - t c_j| <= t0/2 (t0 the absmax code
-//     step) and delta = amax_block (1/(2Q) + 4u), u = 2^-24, over B activation blocks along K:
+//     relaxed int8 dot (the codes, in [0, 127] once stored, are its i7 operand, so x86's unsigned
+//     reading of that operand is exact; fused or split form, see relaxedDotOrder); SIMD128 variant:
+//     int16 activations (Q = 32767) x int8 codes (c in [-127, 127]) via i32x4.dot_i16x8_s. Per
+//     element, with eT = max_j |T_j - t c_j| <= t0/2 (t0 the absmax code step) and
+//     delta = amax_block (1/(2Q) + 4u), u = 2^-24, over B activation blocks along K:
 //       |y - y_ref| <= sum_k |s_k| (eT |x_k| + (|T_k| + eT) delta_k)
 //                      + (B + 6) u sum_k |s_k| (|T_k| + eT)(|x_k| + delta_k) + u sum|W x| + u |y|.
 //     test/kernels-wasm.test.ts derives and checks it per element. Measured on NF tables at g = 128:
@@ -49,7 +51,7 @@ import {
   type LutLayout,
 } from './layout.js';
 import { WasmHeap } from './memory.js';
-import { ThreadPool, isNode } from './threads.js';
+import { CTRL, ThreadPool, isNode } from './threads.js';
 
 export { packForWasm } from './layout.js';
 export type { WasmLayout } from './layout.js';
@@ -64,6 +66,11 @@ export interface WasmBackendOptions {
   readonly threads?: number;
   /** 'auto' (default): relaxed SIMD where available (on Node 20 by setting V8's flag) and self-checked. */
   readonly relaxed?: 'auto' | boolean;
+  /**
+   * Which form of the relaxed int8 dot to try first (the other is the fallback): 'auto' (default)
+   * picks per host (see relaxedDotOrder), 'fused' or 'split' forces one (tests, benchmarks).
+   */
+  readonly relaxedDot?: 'auto' | 'fused' | 'split';
   /** Initial memory; grows as layers are prepared. Default 64 MiB. */
   readonly initialMemoryMiB?: number;
   /** Cap on the memory (wasm32: at most 4096 MiB, the default). */
@@ -72,6 +79,11 @@ export interface WasmBackendOptions {
   readonly activations?: WasmActivations;
   /** Largest activation quantization block (a multiple of 32, <= 256); default 128. */
   readonly activationBlock?: number;
+  /**
+   * Bound in ms on one matmul's wait for the worker threads (and on their start-up); past it the
+   * matmul throws E_BACKEND and the backend's threads are stopped. Default 120000.
+   */
+  readonly barrierTimeoutMs?: number;
 }
 
 export interface WasmMatmulOptions extends MatmulOptions {
@@ -213,8 +225,8 @@ class Core {
     return new Core(variant, heap, module, inst.exports.work as (tid: number) => void, inst.exports as unknown as ActKernels);
   }
 
-  async startThreads(threads: number): Promise<void> {
-    this.pool = await ThreadPool.create(threads, this.module, this.heap.memory, this.work);
+  async startThreads(threads: number, timeoutMs?: number): Promise<void> {
+    this.pool = await ThreadPool.create(threads, this.module, this.heap.memory, this.work, { timeoutMs });
   }
 
   get threads(): number {
@@ -422,14 +434,23 @@ class WasmBackend implements WasmKernelBackend {
     return y;
   }
 
-  /** Writes the job and runs it; tiny jobs stay on the calling thread (waking workers costs more). */
+  /**
+   * Writes the job and runs it; tiny jobs stay on the calling thread (waking workers costs more).
+   * Threads take units in runs of about 1/8 of a thread's share: small enough that a descheduled
+   * thread's last run is short, large enough that the shared counter is touched rarely.
+   */
   private dispatch(jw: Int32Array, macs: number): void {
     const pool = this.core.pool;
     const solo = !pool || pool.threads === 1 || macs < 1 << 16;
+    const units = jw[J.units];
     jw[J.threads] = solo ? 1 : pool.threads;
+    jw[J.grab] = solo ? units : Math.max(1, Math.ceil(units / (8 * pool.threads)));
     this.core.heap.i32(JOB_ADDR, JOB_WORDS).set(jw);
-    if (solo) this.core.work(0);
-    else pool.run();
+    if (pool) return pool.run(units, !solo);
+    const ctrl = this.core.heap.i32(0, 8); // no workers yet (the self-check) or ever (threads: 1)
+    Atomics.store(ctrl, CTRL.finished, 0);
+    Atomics.store(ctrl, CTRL.left, units);
+    this.core.work(0);
   }
 
   release(layer: PreparedLinear): void {
@@ -522,6 +543,22 @@ function selfCheck(be: WasmBackend): void {
 // Creation
 
 /**
+ * The relaxed int8 dot forms in the order to try them. The fused i32x4.relaxed_dot_i8x16_i7x16_add_s
+ * is one instruction where the engine maps it onto a dot-product instruction (VPDPBUSD with AVX-VNNI
+ * on x64 in newer V8, SDOT on arm64). V8 11.x on x64 (Node 20) does not: TurboFan emits
+ * pmaddubsw + pmaddwd + paddd plus two instructions rebuilding the all-ones i16 vector on every use
+ * (5 for the split form's 3, which keeps that vector in a register), and its Liftoff tier computes
+ * the fused form wrongly inside our kernels (self-check: y = 28.24 against 14.21, about twice the
+ * reference, as if its temporary register were the accumulator's; TurboFan alone, --no-liftoff,
+ * passes). Liftoff code is what runs first, before tier-up, so there the split form goes first.
+ */
+function relaxedDotOrder(): ('fused' | 'split')[] {
+  const v8Major = isNode ? Number(/^(\d+)\./.exec(process.versions.v8 ?? '')?.[1] ?? 0) : 0;
+  const oldX64V8 = isNode && process.arch === 'x64' && v8Major > 0 && v8Major < 12;
+  return oldX64V8 ? ['split', 'fused'] : ['fused', 'split'];
+}
+
+/**
  * Creates the wasm backend: detects SIMD128 / relaxed SIMD / threads, emits and compiles the kernels,
  * starts the workers, self-checks the chosen variant (falling back from relaxed to SIMD128 when it
  * disagrees with the reference) and reports what runs in info().variant.
@@ -535,6 +572,7 @@ export async function createWasmBackend(opts: WasmBackendOptions = {}): Promise<
   checkOption(Number.isInteger(actBlockMax) && actBlockMax >= CHUNK && actBlockMax <= 256 && actBlockMax % CHUNK === 0, 'wasm activationBlock', 'a multiple of 32 from 32 to 256', actBlockMax);
   if (opts.threads !== undefined) checkOption(Number.isInteger(opts.threads) && opts.threads >= 1 && opts.threads <= 256, 'threads', 'an integer from 1 to 256', opts.threads);
   if (opts.initialMemoryMiB !== undefined) checkOption(opts.initialMemoryMiB > 0 && opts.initialMemoryMiB <= 4096, 'wasm initialMemoryMiB', 'a number of MiB in (0, 4096]', opts.initialMemoryMiB);
+  if (opts.barrierTimeoutMs !== undefined) checkOption(opts.barrierTimeoutMs > 0 && opts.barrierTimeoutMs <= 2 ** 31 - 1, 'wasm barrierTimeoutMs', 'a number of ms in (0, 2^31)', opts.barrierTimeoutMs);
   if (opts.maxMemoryMiB !== undefined) checkOption(opts.maxMemoryMiB >= 16 && opts.maxMemoryMiB <= 4096, 'wasm maxMemoryMiB', 'a number of MiB in [16, 4096]', opts.maxMemoryMiB);
 
   const caps = await wasmCapabilities();
@@ -547,9 +585,12 @@ export async function createWasmBackend(opts: WasmBackendOptions = {}): Promise<
   }
   const shared = caps.threads;
 
+  const dotOpt = opts.relaxedDot ?? 'auto';
+  checkOption(dotOpt === 'auto' || dotOpt === 'fused' || dotOpt === 'split', 'wasm relaxedDot', '"auto", "fused" or "split"', dotOpt);
   const variants: KernelVariant[] = [];
-  if (relaxedOpt !== false && caps.relaxed) variants.push({ relaxed: true, dot: 'fused' }, { relaxed: true, dot: 'split' });
-  else if (relaxedOpt === true) notes.push('relaxed SIMD requested but unavailable');
+  if (relaxedOpt !== false && caps.relaxed) {
+    for (const dot of dotOpt === 'auto' ? relaxedDotOrder() : [dotOpt]) variants.push({ relaxed: true, dot });
+  } else if (relaxedOpt === true) notes.push('relaxed SIMD requested but unavailable');
   variants.push({ relaxed: false });
 
   for (const v of variants) {
@@ -560,7 +601,7 @@ export async function createWasmBackend(opts: WasmBackendOptions = {}): Promise<
       const desc = `${name}, ${threads} thread${threads > 1 ? 's' : ''}, ${activations === 'int8' ? `int${v.relaxed ? 8 : 16} activations` : 'exact f32'} by default`;
       const be = new WasmBackend(core, [desc, ...notes].join('; '), activations, actBlockMax);
       selfCheck(be);
-      await core.startThreads(threads);
+      await core.startThreads(threads, opts.barrierTimeoutMs);
       return be;
     } catch (e) {
       core?.dispose();
