@@ -16,7 +16,7 @@ import { LlamaModel } from '../src/model/llama.js';
 import { loadModel } from '../src/model/load.js';
 import { openModelFile } from '../src/model/open.js';
 import { loadLlamaWeights } from '../src/model/weights.js';
-import { learnScales, NflTrainer, quantizeModelNfl } from '../src/quant/nfl.js';
+import { learnScales, MAX_ALL_SEQUENCES, NflTrainer, quantizeModelNfl } from '../src/quant/nfl.js';
 import { quantizeRtn } from '../src/quant/rtn.js';
 import { Llama2cTokenizer } from '../src/tokenizer/llama2c.js';
 import { calibrationSequences, splitEvalCalibration } from '../src/train/data.js';
@@ -143,6 +143,17 @@ test('NFL with zero steps reproduces the RTN scales exactly', async () => {
   const w = dense.layers[0].wq as { weight: Float32Array; n: number; k: number };
   const rtn = quantizeRtn(w.weight, w.n, w.k, { bits: 4, groupSize: 64, tableKind: 'nf' }).layer;
   assert.deepEqual(r.scales.get('model.layers.0.self_attn.q_proj.weight'), rtn.scales);
+});
+
+test("NFL's default takes every full sequence of the calibration text (capped), one Adam step each", async () => {
+  const opts = { bits: 4, groupSize: 64, tableKind: 'nf' } as const;
+  const five = await learnScales(config, dense, calib.slice(0, 5 * 17 + 16), { ...opts, length: 17 }); // room for 5, not 6
+  assert.equal(five.sequences, 5);
+  assert.equal(five.steps, 5);
+  assert.equal(five.losses.length, 5);
+  assert.ok(calib.length / 2 > MAX_ALL_SEQUENCES, `${calib.length} calibration tokens`);
+  const capped = await learnScales(config, dense, calib, { ...opts, length: 2, steps: 0 });
+  assert.equal(capped.sequences, MAX_ALL_SEQUENCES);
 });
 
 test('NFL refuses too little calibration text and stops on abort, with typed errors', async () => {

@@ -31,7 +31,8 @@ export type ScaleParam =
 export type LrSchedule = 'constant' | 'linear'; // linear: lr * (1 - step/steps), to 0 at the end
 
 export interface NflRecipe {
-  readonly sequences: number;
+  /** Calibration sequences, or 'all': every full sequence the calibration text holds (at most MAX_ALL_SEQUENCES). */
+  readonly sequences: number | 'all';
   readonly length: number;
   readonly lr: number;
   readonly param: ScaleParam;
@@ -39,17 +40,23 @@ export interface NflRecipe {
   readonly steps?: number;
 }
 
+/** The cap on sequences: 'all', so a large --calib file cannot turn the default into an hours-long run. */
+export const MAX_ALL_SEQUENCES = 1024;
+
 /** FLUTE's recipe as its code runs it: Adam on the scales at 1e-4, constant, one pass over 128 windows. */
 export const NFL_FLUTE_RECIPE: NflRecipe = { sequences: 128, length: 256, lr: 1e-4, param: 'absolute', schedule: 'constant' };
 
 /**
- * The default: FLUTE's one pass over 128 windows at batch 1, with the paper's relative parametrization
- * at lr 1e-2 decaying linearly. Why not 1e-4 on absolute scales: an absolute step of 1e-4 is ~0.2% of
- * a LLaMA-3 group scale (~0.05) but ~0.04% of a stories260K one (median ~0.28), and on stories260K at
- * NF3 g32 FLUTE's recipe closes 16% of the gap to fp32 where this one closes ~50% (QUALITY.md).
+ * The default: one pass at batch 1 (FLUTE's) over every 256-token sequence of the calibration text
+ * (297 for the bundled split; FLUTE takes 128), with the paper's relative parametrization at lr 1e-2
+ * decaying linearly. Why not 1e-4 on absolute scales: an absolute step of 1e-4 is ~0.2% of a LLaMA-3
+ * group scale (~0.05) but ~0.04% of a stories260K one (median ~0.28), and there FLUTE's recipe
+ * closes 16% of NF3 g32's gap to fp32. Why all the text rather than 128 sequences: a batch-1 gradient
+ * of a scale is mostly noise, and on a validation split of the calibration text the extra steps took
+ * NF3 g32 from ~49% of the gap closed to ~56%, seed means (QUALITY.md has the trials).
  */
 export const NFL_DEFAULTS: NflRecipe & { readonly seed: number } = {
-  sequences: 128, // FLUTE: 128 calibration windows per corpus
+  sequences: 'all',
   length: 256, // tokens per sequence; FLUTE uses 2048, stories260K's whole context is 512
   lr: 1e-2,
   param: 'relative',
@@ -60,12 +67,14 @@ export const NFL_DEFAULTS: NflRecipe & { readonly seed: number } = {
 /** One line saying what a recipe is, for help and reports. */
 export function describeRecipe(r: Partial<NflRecipe>): string {
   const d = { ...NFL_DEFAULTS, ...r };
-  return `${d.steps ?? d.sequences} Adam steps at batch 1 over ${d.sequences} sequences of ${d.length} tokens, ${d.param} scales, lr ${d.lr} ${d.schedule === 'linear' ? 'decaying linearly to 0' : 'constant'}`;
+  const seqs = d.sequences === 'all' ? `all the sequences of ${d.length} tokens in the calibration text (at most ${MAX_ALL_SEQUENCES})` : `${d.sequences} sequences of ${d.length} tokens`;
+  const steps = d.steps === undefined && d.sequences === 'all' ? 'one Adam step per sequence' : `${d.steps ?? d.sequences} Adam steps`;
+  return `${steps} at batch 1 over ${seqs}, ${d.param} scales, lr ${d.lr} ${d.schedule === 'linear' ? 'decaying linearly to 0' : 'constant'}`;
 }
 
 export interface NflOptions extends QuantizeOptions {
-  /** Calibration sequences (default 128). */
-  readonly sequences?: number;
+  /** Calibration sequences, or 'all' (the default): every full sequence in the text, up to MAX_ALL_SEQUENCES. */
+  readonly sequences?: number | 'all';
   /** Tokens per sequence, 2..model context + 1 (default 256). */
   readonly length?: number;
   /** Adam steps at batch 1 (default: one pass, = sequences; more cycle through the sequences again). */
@@ -263,8 +272,10 @@ function rng(seed: number): () => number {
  * sequence; each pass over the sequences visits them in a seeded random order.
  */
 export async function learnScales(config: LlamaConfig, weights: LlamaWeights, calibTokens: ArrayLike<number>, opts: NflOptions): Promise<NflResult> {
-  const count = opts.sequences ?? NFL_DEFAULTS.sequences;
   const length = opts.length ?? NFL_DEFAULTS.length;
+  const asked = opts.sequences ?? NFL_DEFAULTS.sequences;
+  // 'all' with too little text for even one sequence falls through to calibrationSequences' error.
+  const count = asked === 'all' ? Math.max(1, Math.min(MAX_ALL_SEQUENCES, Math.floor(calibTokens.length / Math.max(1, length)))) : asked;
   const steps = opts.steps ?? count;
   const lr = opts.lr ?? NFL_DEFAULTS.lr;
   checkOption(Number.isInteger(length) && length >= 2 && length - 1 <= config.seqLen, 'calibration length', `an integer in 2..${config.seqLen + 1} (the model's context + 1)`, length);

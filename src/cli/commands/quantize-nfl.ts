@@ -4,7 +4,7 @@
 
 import { readFile } from 'node:fs/promises';
 import { FluteError } from '../../errors.js';
-import { NFL_DEFAULTS, NFL_FLUTE_RECIPE, describeRecipe, type NflRecipe, type NflResult } from '../../quant/nfl.js';
+import { MAX_ALL_SEQUENCES, NFL_DEFAULTS, NFL_FLUTE_RECIPE, describeRecipe, type NflRecipe, type NflResult } from '../../quant/nfl.js';
 import { CALIBRATION_FRACTION, splitEvalCalibration } from '../../train/data.js';
 import { isNonNegInt, isPosInt, num, oneOf, str, type OptionSpec, type Parsed } from '../args.js';
 import { bundledEvalTextPath } from '../paths.js';
@@ -31,20 +31,21 @@ export const NFL_HELP = `  --method M           rtn | nfl (default rtn). nfl: Le
   --calib FILE         nfl calibration text, used whole (default: the last ~${CALIBRATION_FRACTION * 100}% of the bundled
                        data/tinystories_val_excerpt.txt, from the first "Once upon a time" story at or after
                        ${100 - CALIBRATION_FRACTION * 100}% of its characters; flute eval --sweep scores only the part before it)
-  --calib-sequences N  nfl: calibration sequences (default ${NFL_DEFAULTS.sequences})
+  --calib-sequences N  nfl: calibration sequences, or all (default: all the full sequences in the
+                       calibration text, at most ${MAX_ALL_SEQUENCES}; 297 in the bundled split)
   --calib-length N     nfl: tokens per sequence (default ${NFL_DEFAULTS.length})
-  --steps N            nfl: Adam steps at batch 1 (default: one pass, = --calib-sequences)
+  --steps N            nfl: Adam steps at batch 1 (default: one pass, one step per sequence)
   --lr X               nfl: Adam learning rate (default ${NFL_DEFAULTS.lr} with --param relative)
   --param P            nfl: relative (default; Adam on s/s0, the paper's sigma~) | absolute (on s, FLUTE's code)
   --schedule S         nfl: linear (default; lr decays to 0) | constant (FLUTE's)
   --seed S             nfl: order of the sequences (default ${NFL_DEFAULTS.seed})
-                       FLUTE's exact recipe: --param absolute --lr ${NFL_FLUTE_RECIPE.lr} --schedule constant
+                       FLUTE's exact recipe: --calib-sequences ${NFL_FLUTE_RECIPE.sequences} --param absolute --lr ${NFL_FLUTE_RECIPE.lr} --schedule constant
                        (${describeRecipe(NFL_FLUTE_RECIPE)}); why the default differs: QUALITY.md`;
 
 export interface NflChoice {
   readonly calibText: string;
   readonly calibName: string; // the file, or the bundled split in words
-  readonly sequences: number;
+  readonly sequences: number | 'all';
   readonly length: number;
   readonly steps?: number;
   readonly lr: number;
@@ -76,8 +77,9 @@ async function readText(path: string, what: string): Promise<string> {
 /** The NFL recipe options, without reading any file; `defaults` fills what is not given. */
 export function nflRecipe(p: Parsed, defaults: NflRecipe = NFL_DEFAULTS): NflRecipe & { readonly seed: number } {
   const steps = p.values.steps === undefined ? defaults.steps : num(p, 'steps', 0, isNonNegInt, 'an integer >= 0');
+  const seqs = str(p, 'calib-sequences');
   return {
-    sequences: num(p, 'calib-sequences', defaults.sequences, isPosInt, 'a positive integer'),
+    sequences: seqs === undefined ? defaults.sequences : seqs === 'all' ? 'all' : num(p, 'calib-sequences', 0, isPosInt, 'a positive integer or "all"'),
     length: num(p, 'calib-length', defaults.length, (v) => Number.isInteger(v) && v >= 2, 'an integer >= 2'),
     steps,
     lr: num(p, 'lr', defaults.lr, (v) => v > 0, 'a positive number'),
