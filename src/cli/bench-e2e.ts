@@ -42,6 +42,7 @@ from the median time of one decoded token (the mean is in the JSON as decodeMean
   --json            print the rows as a JSON array
   --out FILE        also write the JSON rows to FILE
   --update-md F     rewrite the table between <!-- e2e:begin --> and <!-- e2e:end --> in F
+                    (<!-- e2e-webgpu:begin/end --> when every row ran on WebGPU)
 
 Example:
   flute bench e2e --model stories260K --weights f32,W4G128 --json`;
@@ -68,7 +69,9 @@ export async function updateE2eMarkdown(file: string, rows: readonly E2eRow[], c
     '',
     formatE2eTable(rows),
   ].join('\n');
-  await replaceMarkedSection(file, 'e2e', 'End to end', body);
+  // GPU rows get a section of their own, so a GPU run never replaces the CPU table (or the reverse).
+  const onGpu = rows.length > 0 && rows.every((r) => r.backend === 'webgpu');
+  await replaceMarkedSection(file, onGpu ? 'e2e-webgpu' : 'e2e', onGpu ? 'End to end on WebGPU' : 'End to end', body);
 }
 
 export async function benchE2eCommand(argv: string[]): Promise<number> {
