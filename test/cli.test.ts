@@ -151,3 +151,10 @@ test('bad checkpoints: truncated, offsets outside the file, unsupported dtype', 
     rmSync(join(dir, `${name}.safetensors`));
   }
 });
+
+test('flute run --max-memory refuses a model over the limit before loading, and rejects a bad size', () => {
+  assertFails(flute('run', bundledModelPath(), '--max-memory', '1M', '--max-tokens', '4'), 'E_RESOURCE', /stories260K\.bin: needs about [\d.]+ MiB .*--max-memory limit of 1\.00 MiB/);
+  assertFails(flute('run', bundledModelPath(), '--max-memory', '12 parsecs'), 'E_OPTION', '--max-memory');
+  const ok = flute('run', bundledModelPath(), '--max-memory', '1G', '--max-tokens', '4', '--temperature', '0');
+  assert.equal(ok.code, 0, ok.stderr);
+});

@@ -78,12 +78,101 @@ test('unwritable destinations give E_IO naming the file', async (t) => {
   assert.deepEqual(readdirSync(dir).sort(), ['afile', 'sub']);
 });
 
-test('read-only folder gives E_IO "no permission"', { skip: process.getuid?.() === 0 ? 'root ignores permissions' : false }, async (t) => {
+test('read-only folder gives E_IO "no permission" naming the file, and leaves the old file', async (t) => {
   const dir = scratch(t);
   const { chmodSync } = await import('node:fs');
-  chmodSync(dir, 0o500);
-  t.after(() => chmodSync(dir, 0o700));
-  await assert.rejects(writeFileAtomic(join(dir, 'out.bin'), [Uint8Array.of(1)]), isCode('E_IO', /no permission to write/));
+  const target = join(dir, 'out.bin');
+  writeFileSync(target, 'old');
+  chmodSync(dir, 0o555);
+  try {
+    await checkNoPermission(target);
+  } finally {
+    chmodSync(dir, 0o700); // before scratch()'s removal
+  }
+  assert.equal(readFileSync(target, 'utf8'), 'old');
+  assert.deepEqual(readdirSync(dir), ['out.bin']);
+});
+
+async function checkNoPermission(target: string): Promise<void> {
+  if (process.getuid?.() !== 0) {
+    await assert.rejects(writeFileAtomic(target, [Uint8Array.of(1)]), isCode('E_IO', new RegExp(`no permission to write ${target.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}`)));
+  } else {
+    // Root ignores permission bits, so the write runs as the unprivileged user "nobody" (uid 65534).
+    const { spawnSync } = await import('node:child_process');
+    const atomic = new URL('../src/format/atomic.js', import.meta.url).href;
+    const script = `import(${JSON.stringify(atomic)}).then((m) => m.writeFileAtomic(${JSON.stringify(target)}, [new Uint8Array(1)]))
+      .then(() => console.log('{}'), (e) => console.log(JSON.stringify({ code: e.code, message: e.message })))`;
+    const r = spawnSync(process.execPath, ['-e', script], { uid: 65534, gid: 65534, encoding: 'utf8' });
+    assert.equal(r.status, 0, r.stderr);
+    const got = JSON.parse(r.stdout) as { code?: string; message?: string };
+    assert.equal(got.code, 'E_IO');
+    assert.equal(got.message, `no permission to write ${target}`);
+  }
+}
+
+/**
+ * A 64 KiB tmpfs when this process may mount one (root with CAP_SYS_ADMIN), else undefined. The
+ * caller unmounts it.
+ */
+async function tinyTmpfs(dir: string): Promise<string | undefined> {
+  if (process.platform !== 'linux' || process.getuid?.() !== 0) return undefined;
+  const { spawnSync } = await import('node:child_process');
+  const mnt = join(dir, 'tiny');
+  mkdirSync(mnt);
+  const r = spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=64k', 'tmpfs', mnt], { encoding: 'utf8' });
+  return r.status === 0 ? mnt : undefined;
+}
+
+/** The full-disk checks on a real tmpfs: the library and the CLI. */
+async function fullTmpfs(mnt: string, big: Uint8Array): Promise<void> {
+  const { spawnSync } = await import('node:child_process');
+  console.log('  full disk: a real 64 KiB tmpfs');
+  const target = join(mnt, 'model.safetensors');
+  writeFileSync(target, 'previous');
+  await assert.rejects(writeFileAtomic(target, [big, big, big]), isCode('E_IO', new RegExp(`^disk full while writing ${target.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}$`)));
+  assert.equal(readFileSync(target, 'utf8'), 'previous');
+  assert.deepEqual(readdirSync(mnt), ['model.safetensors']);
+  // The CLI says the same and exits non-zero.
+  const flute = new URL('../../bin/flute.js', import.meta.url).pathname;
+  const cli = spawnSync(process.execPath, [flute, 'quantize', '--out', join(mnt, 'q.safetensors')], { encoding: 'utf8' });
+  assert.notEqual(cli.status, 0);
+  assert.match(cli.stderr, new RegExp(`disk full while writing ${join(mnt, 'q.safetensors').replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}`));
+  assert.deepEqual(readdirSync(mnt), ['model.safetensors']);
+}
+
+test('a full disk gives E_IO "disk full while writing <file>", no partial file, the old file kept', async (t) => {
+  const dir = scratch(t);
+  const mnt = await tinyTmpfs(dir);
+  const big = new Uint8Array(48 * 1024).fill(7); // three chunks: 144 KiB, more than the 64 KiB disk
+  if (mnt) {
+    const { spawnSync } = await import('node:child_process');
+    try {
+      await fullTmpfs(mnt, big);
+    } finally {
+      spawnSync('umount', [mnt]); // before scratch()'s removal
+    }
+  } else console.log('  full disk: cannot mount a tmpfs here (needs root and CAP_SYS_ADMIN); ENOSPC injected only');
+  // Everywhere: the OS's ENOSPC injected into FileHandle.write after 64 KiB.
+  const fsp = await import('node:fs/promises');
+  const probe = await fsp.open(join(dir, 'probe'), 'w');
+  const proto = Object.getPrototypeOf(probe) as { write: (...a: unknown[]) => Promise<{ bytesWritten: number }> };
+  await probe.close();
+  const realWrite = proto.write;
+  let room = 64 * 1024;
+  proto.write = async function (this: unknown, ...args: unknown[]) {
+    const n = Number(args[2] ?? (args[0] as Uint8Array).length);
+    if ((room -= n) < 0) throw Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC' });
+    return realWrite.apply(this, args);
+  };
+  try {
+    const target = join(dir, 'model.safetensors');
+    writeFileSync(target, 'previous');
+    await assert.rejects(writeFileAtomic(target, [big, big, big]), isCode('E_IO', /^disk full while writing .*model\.safetensors$/));
+    assert.equal(readFileSync(target, 'utf8'), 'previous');
+    assert.deepEqual(readdirSync(dir).filter((f) => f !== 'tiny').sort(), ['model.safetensors', 'probe']);
+  } finally {
+    proto.write = realWrite;
+  }
 });
 
 test('OS error codes map to plain messages', () => {

@@ -1,6 +1,7 @@
 // All-or-nothing file output (Node only): bytes go to a temp file beside the target, which is fsynced
 // and renamed over the target on commit. On any failure the temp file is removed and a previous file
-// at the target is left untouched. node:fs is imported lazily so browser bundles can include callers.
+// at the target is left untouched. A process killed mid-write leaves only its temp file, which the next
+// write to the same target removes. node:fs is imported lazily so browser bundles can include callers.
 
 import { FluteError } from '../errors.js';
 
@@ -25,6 +26,32 @@ export function writeError(e: unknown, path: string, dir: string): FluteError {
   return new FluteError('E_IO', msg, { cause: e });
 }
 
+/** True when a process with this id runs (EPERM: it runs under another user). */
+function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as { code?: string }).code === 'EPERM';
+  }
+}
+
+/** Removes `.<base>.<pid>.<random>.tmp` files in `dir` whose writer process is gone; best effort. */
+async function removeStaleTemps(fs: Fs, dir: string, base: string, join: (...p: string[]) => string): Promise<void> {
+  let names: string[];
+  try {
+    names = await fs.readdir(dir);
+  } catch {
+    return; // a missing folder is reported by the open that follows
+  }
+  const prefix = `.${base}.`;
+  for (const name of names) {
+    if (!name.startsWith(prefix) || !name.endsWith('.tmp')) continue;
+    const m = /^(\d+)\.[a-z0-9]+\.tmp$/.exec(name.slice(prefix.length));
+    if (m && Number(m[1]) !== process.pid && !processAlive(Number(m[1]))) await fs.rm(join(dir, name), { force: true }).catch(() => undefined);
+  }
+}
+
 export class AtomicFileWriter {
   /** Bytes written so far. */
   bytesWritten = 0;
@@ -38,11 +65,16 @@ export class AtomicFileWriter {
     private readonly fh: FileHandle,
   ) {}
 
-  /** Creates the temp file `<dir>/.<base>.<pid>.<random>.tmp`; E_IO when the folder is missing or unwritable. */
+  /**
+   * Creates the temp file `<dir>/.<base>.<pid>.<random>.tmp`; E_IO when the folder is missing or
+   * unwritable. Temp files for the same target left by a process that no longer runs (killed before it
+   * could clean up) are removed first.
+   */
   static async open(path: string): Promise<AtomicFileWriter> {
     const fs = await import('node:fs/promises');
     const { dirname, basename, join } = await import('node:path');
     const dir = dirname(path);
+    await removeStaleTemps(fs, dir, basename(path), join);
     const tempPath = join(dir, `.${basename(path)}.${process.pid}.${Math.random().toString(36).slice(2, 10)}.tmp`);
     try {
       // 'wx' fails rather than clobbering if the random name is somehow taken.

@@ -14,7 +14,7 @@ import { isTableKind, TABLE_KINDS, type TableKind } from '../quant/tables.js';
 import { f16ArrayToF32, f32ArrayToF16 } from './half.js';
 import { openSafetensors, type SafetensorsEntry, type SafetensorsReader } from './safetensors.js';
 import type { ByteSource } from './source.js';
-import type { TensorInfo, TensorReader } from './tensors.js';
+import { checkLayerCount, type TensorInfo, type TensorReader } from './tensors.js';
 
 export const CHECKPOINT_FORMAT = 'flute-engine';
 /** Bump when a reader of the previous version could misread a new file; readers refuse newer versions. */
@@ -134,6 +134,7 @@ function parseJsonField<T>(file: string, md: Record<string, string>, key: string
 const CONFIG_NUMBERS = ['dim', 'hiddenDim', 'nLayers', 'nHeads', 'nKvHeads', 'headDim', 'vocabSize', 'seqLen'] as const;
 
 function validateConfig(file: string, c: LlamaConfig): LlamaConfig {
+  if (typeof c !== 'object' || c === null || Array.isArray(c)) throw new FluteError('E_BAD_HEADER', `${file}: metadata "config" must be a JSON object`);
   for (const key of CONFIG_NUMBERS) {
     const v = c[key];
     if (!Number.isInteger(v) || v < 1 || v > 1 << 24) {
@@ -149,6 +150,7 @@ function validateConfig(file: string, c: LlamaConfig): LlamaConfig {
 
 function validateLayerMeta(file: string, base: string, m: QuantizedLayerMeta): void {
   const bad = (what: string) => new FluteError('E_BAD_HEADER', `${file}: quantization of "${base}": ${what}`);
+  if (typeof m !== 'object' || m === null || Array.isArray(m)) throw bad(`expected an object with shape, bits, group_size, table and scale_dtype, got ${JSON.stringify(m)}`);
   if (!Array.isArray(m.shape) || m.shape.length !== 2 || !m.shape.every((d) => Number.isInteger(d) && d > 0)) throw bad(`shape must be [N, K] positive integers, got ${JSON.stringify(m.shape)}`);
   if (!Number.isInteger(m.bits) || m.bits < 1 || m.bits > 8) throw bad(`bits must be 1..8, got ${JSON.stringify(m.bits)}`);
   if (!Number.isInteger(m.group_size) || m.group_size < 1) throw bad(`group_size must be a positive integer, got ${JSON.stringify(m.group_size)}`);
@@ -183,6 +185,7 @@ export async function openCheckpoint(source: ByteSource | string): Promise<Check
       throw new FluteError('E_FORMAT', `${file}: checkpoint format_version ${JSON.stringify(md.format_version)} is not supported (this reader knows 1..${CHECKPOINT_VERSION})`);
     }
     const config = validateConfig(file, parseJsonField<LlamaConfig>(file, md, 'config'));
+    checkLayerCount(file, 'config.nLayers', config.nLayers, st.list().length);
     const quantization = parseJsonField<Record<string, QuantizedLayerMeta>>(file, md, 'quantization');
     if (typeof quantization !== 'object' || quantization === null || Array.isArray(quantization)) {
       throw new FluteError('E_BAD_HEADER', `${file}: metadata "quantization" must be an object`);

@@ -8,7 +8,7 @@ import type { LlamaConfig, RopeScaling } from '../model/config.js';
 import type { OpenedModel } from '../model/open.js';
 import { writeError } from './atomic.js';
 import { openSafetensors, type SafetensorsReader } from './safetensors.js';
-import type { TensorInfo, TensorReader } from './tensors.js';
+import { checkLayerCount, type TensorInfo, type TensorReader } from './tensors.js';
 
 /** The architectures this runtime runs, by config.json `architectures[0]`, with their `model_type`. */
 export const HF_ARCHITECTURES = {
@@ -292,6 +292,12 @@ function combine(dir: string, readers: readonly SafetensorsReader[], names: read
 export async function openHfModel(dir: string, opts: { tokenizer?: string } = {}): Promise<OpenedModel> {
   const config = await readHfConfig(dir);
   const tensors = await openHfSafetensors(dir);
+  try {
+    checkLayerCount(dir, `${HF_CONFIG} num_hidden_layers`, config.nLayers, tensors.list().length);
+  } catch (e) {
+    await tensors.close();
+    throw e;
+  }
   return {
     file: dir,
     format: 'hf',
@@ -321,7 +327,8 @@ export async function checkpointInFolder(dir: string): Promise<string | undefine
     const head = new Uint8Array(8);
     await fh.read(head, 0, 8, 0);
     const len = Number(new DataView(head.buffer).getBigUint64(0, true));
-    if (len > 100_000_000) return undefined;
+    // A header longer than the file is not ours; refusing it here also keeps a lying length from sizing the buffer.
+    if (len > 100_000_000 || 8 + len > (await fh.stat()).size) return undefined;
     const json = new Uint8Array(len);
     await fh.read(json, 0, len, 8);
     // The metadata sits in the header; a cheap check before the full checkpoint reader runs.

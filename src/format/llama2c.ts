@@ -78,6 +78,15 @@ function layout(c: LlamaConfig): { slots: Slot[]; end: number } {
   return { slots, end: off };
 }
 
+/** The bytes layout() places, by formula (inexact only past 2^53, far beyond any file size). */
+function fileBytes(c: LlamaConfig): number {
+  const { dim: d, hiddenDim: h, nLayers: L, vocabSize: v } = c;
+  const kv = c.nKvHeads * c.headDim;
+  const perLayer = 2 * d + 2 * d * d + 2 * kv * d + 3 * h * d;
+  const floats = v * d + L * perLayer + d + c.seqLen * c.headDim + (c.tiedEmbeddings ? 0 : v * d);
+  return LLAMA2C_HEADER_BYTES + 4 * floats;
+}
+
 /** Layer-major listing order: embeddings, each layer's tensors together, final norm, classifier. */
 function listRank(t: TensorInfo): number {
   const m = /^model\.layers\.(\d+)\./.exec(t.name);
@@ -108,7 +117,9 @@ async function parse(src: ByteSource): Promise<Llama2cReader> {
   const fields = Array.from({ length: 7 }, (_, i) => dv.getInt32(4 * i, true));
   const config = configFromHeader(fields);
   if (typeof config === 'string') throw new FluteError('E_BAD_HEADER', `${file}: not a valid llama2.c header: ${config}`);
-  const { slots, end } = layout(config);
+  // Size check before layout(): a lying n_layers would otherwise build millions of slots first.
+  const needed = fileBytes(config);
+  const { slots, end } = src.size < needed ? { slots: [], end: needed } : layout(config);
   // Files longer than needed are accepted, as llama2.c itself does.
   if (src.size < end) {
     throw new FluteError('E_TRUNCATED', `${file}: a llama2.c checkpoint with ${describe(config)} needs ${end} bytes, but the file is only ${src.size} bytes long`);

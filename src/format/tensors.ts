@@ -39,13 +39,14 @@ export interface TensorReader {
 }
 
 /**
- * Every LLaMA layer has at least 9 tensors (2 norms, 7 linears), in every container we read: a config
- * claiming more layers than the file holds tensors for is refused before anything loops over or sizes
- * from the layer count (a damaged count of 2^24 layers would otherwise build 150M tensor specs).
+ * A config claiming more layers than the file has tensors is refused before anything loops over the
+ * layer count (a damaged count of 2^24 layers would otherwise build 150M tensor specs first). The bound
+ * is one tensor per layer, though every layer has nine: the tensor count is bounded by the file size,
+ * and a smaller lie still opens and is named by the loader when it finds the layer's tensors missing.
  */
 export function checkLayerCount(file: string, what: string, nLayers: number, tensorCount: number): void {
-  if (nLayers * 9 > tensorCount) {
-    throw new FluteError('E_SHAPE', `${file}: ${what} is ${nLayers}, but the weights hold only ${tensorCount} tensors (at least 9 per layer)`);
+  if (nLayers > tensorCount) {
+    throw new FluteError('E_NOT_FOUND', `${file}: ${what} is ${nLayers}, but the weights hold only ${tensorCount} tensors (at least 9 per layer)`);
   }
 }
 

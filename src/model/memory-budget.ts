@@ -82,7 +82,13 @@ export async function memoryLimit(maxMemoryBytes?: number): Promise<{ bytes: num
   return cgroup > 0 && cgroup < total ? { bytes: cgroup, source: "this process's memory limit (cgroup)" } : { bytes: total, source: "the machine's memory" };
 }
 
-const gib = (b: number) => `${(b / 2 ** 30).toFixed(2)} GiB`;
+/** A byte count in the largest binary unit that keeps it at least 1 (so small models do not read "0.00 GiB"). */
+const gib = (b: number): string => {
+  const units = ['bytes', 'KiB', 'MiB', 'GiB', 'TiB'];
+  let i = 0;
+  while (i < units.length - 1 && b >= 1024) (b /= 1024), i++;
+  return i === 0 ? `${b} bytes` : `${b.toFixed(2)} ${units[i]}`;
+};
 
 /** Throws E_RESOURCE when the model cannot fit; returns the estimate otherwise. */
 export async function checkMemoryBudget(
@@ -98,7 +104,7 @@ export async function checkMemoryBudget(
       'E_RESOURCE',
       `${model}: needs about ${gib(need.total)} of memory (weights ${gib(need.weights)}, ${opts.backend ?? 'auto'} backend copy ${gib(need.backendCopy)}, ` +
         `KV cache ${gib(need.kvCache)} for ${opts.seqLen} positions, scratch ${gib(need.scratch)}), more than ${limit.source} of ${gib(limit.bytes)}; ` +
-        `use a smaller model, fewer bits, or a shorter context (--seq-len)`,
+        `use a smaller model, fewer bits, or a shorter context (flute chat --context)`,
     );
   }
   return need;

@@ -71,6 +71,50 @@ function decoderParts(d: unknown): Json[] {
   return [d];
 }
 
+/**
+ * The library's tokenizer with every method's exception turned into E_FORMAT naming the file: a damaged
+ * tokenizer.json can load and fail only when used (a post-processor entry of the wrong type, say).
+ */
+function guardLibrary<T extends object>(lib: T, file: string): T {
+  return new Proxy(lib, {
+    get(target, p) {
+      const v: unknown = Reflect.get(target, p, target);
+      if (typeof v !== 'function') return v;
+      return (...args: unknown[]) => {
+        try {
+          return (v as (...a: unknown[]) => unknown).apply(target, args);
+        } catch (e) {
+          if (e instanceof FluteError) throw e;
+          throw new FluteError('E_FORMAT', `${file}: @huggingface/tokenizers failed in ${String(p)}: ${(e as Error).message}`, { cause: e });
+        }
+      };
+    },
+  });
+}
+
+/**
+ * Refuses token ids far beyond the number of tokens before the library sees them: it indexes arrays by
+ * id, so one id of 2^31 in a damaged file makes it walk two billion slots. Ids may leave gaps, and may
+ * reach the model's embedding rows, but no further than that plus the number of tokens.
+ */
+function checkTokenIds(json: Json, file: string, modelVocabSize: number): void {
+  const model = json.model as Json;
+  // A list is Unigram's [piece, score] pairs (ids are the positions); anything else in a list would be
+  // read by the library as ids keyed by position.
+  if (Array.isArray(model.vocab) && !model.vocab.every((e) => Array.isArray(e) && typeof e[0] === 'string' && typeof e[1] === 'number')) {
+    throw new FluteError('E_FORMAT', `${file}: model.vocab as a list must hold [piece, score] pairs (Unigram)`);
+  }
+  const vocab = isObject(model.vocab) ? Object.values(model.vocab) : [];
+  const added = (json.added_tokens as unknown[]).map((t) => (isObject(t) ? t.id : undefined));
+  const count = vocab.length + added.length;
+  const limit = Math.max(modelVocabSize, count) + count;
+  for (const id of [...vocab, ...added]) {
+    if (id !== undefined && !(Number.isSafeInteger(id) && (id as number) >= 0 && (id as number) < limit)) {
+      throw new FluteError('E_FORMAT', `${file}: token id ${JSON.stringify(id)} is not an integer in 0..${limit - 1} (${count} tokens)`);
+    }
+  }
+}
+
 const BYTE_PIECE = /^<0x([0-9A-Fa-f]{2})>$/;
 
 export class HfTokenizer implements Tokenizer {
@@ -110,8 +154,9 @@ export class HfTokenizer implements Tokenizer {
     if (!isObject(json) || !isObject(json.model)) throw new FluteError('E_FORMAT', `${files.name}: not a Hugging Face tokenizer.json (no "model" object)`);
     if (!isObject(config)) throw new FluteError('E_FORMAT', `${configName}: expected a JSON object`);
     if (!Array.isArray(json.added_tokens)) json.added_tokens = [];
+    checkTokenIds(json, files.name, modelVocabSize);
     try {
-      this.tok = new HfLibTokenizer(json, config);
+      this.tok = guardLibrary(new HfLibTokenizer(json, config), files.name);
     } catch (e) {
       throw new FluteError('E_FORMAT', `${files.name}: @huggingface/tokenizers cannot load it: ${(e as Error).message}`, { cause: e });
     }

@@ -55,9 +55,9 @@ export async function chatCommand(argv: string[]): Promise<number> {
   const seed = num(p, 'seed', Math.floor(Math.random() * 2 ** 31), (v) => isPosInt(v + 1), 'an integer >= 0');
   const context = num(p, 'context', DEFAULTS.context, (v) => Number.isInteger(v) && v >= 2, 'an integer >= 2');
   const json = Boolean(p.values.json);
-  const { backend, threads } = backendChoice(p);
+  const { backend, threads, maxMemoryBytes } = backendChoice(p);
 
-  const loaded = await loadModel(modelPath, { backend, threads, tokenizer: str(p, 'tokenizer'), maxContext: context, ...terminalLoadOptions(json) });
+  const loaded = await loadModel(modelPath, { backend, threads, maxMemoryBytes, tokenizer: str(p, 'tokenizer'), maxContext: context, ...terminalLoadOptions(json) });
   const seqLen = loaded.model.seqLen;
   const session = new ChatSession(loaded.model, loaded.tokenizer, { temperature, topP, topK, seed, system: str(p, 'system') });
   const info = loaded.backend.info();

@@ -39,7 +39,7 @@ export async function demoCommand(argv: string[]): Promise<number> {
   const outDir = str(p, 'out-dir') ?? DEFAULTS.outDir;
   const maxWindows = num(p, 'max-windows', DEFAULTS.maxWindows, isPosInt, 'a positive integer');
   const seed = num(p, 'seed', 42, (v) => Number.isInteger(v) && v >= 0, 'an integer >= 0');
-  const { backend, threads } = backendChoice(p);
+  const { backend, threads, maxMemoryBytes } = backendChoice(p);
   const model = bundledModelPath();
   const text = await readFile(bundledEvalTextPath(), 'utf8');
   await mkdir(outDir, { recursive: true });
@@ -61,7 +61,7 @@ export async function demoCommand(argv: string[]): Promise<number> {
   console.log(`\nperplexity on data/tinystories_val_excerpt.txt (first ${maxWindows} windows of ${DEFAULTS.window} tokens):`);
   console.log(`  ${'model'.padEnd(10)} ${'file bytes'.padStart(10)}  ${'bits/weight*'.padStart(12)}  perplexity`);
   for (const row of rows) {
-    const loaded = await loadModel(row.file, { backend, threads });
+    const loaded = await loadModel(row.file, { backend, threads, maxMemoryBytes });
     const r = await perplexity(loaded.model, loaded.tokenizer, text, { window: DEFAULTS.window, maxWindows });
     loaded.dispose();
     console.log(`  ${row.name.padEnd(10)} ${String(row.bytes).padStart(10)}  ${row.bpw.padStart(12)}  ${r.perplexity.toFixed(4)}`);
@@ -69,7 +69,7 @@ export async function demoCommand(argv: string[]): Promise<number> {
   console.log('  * of the quantized linear layers, scales included; the embedding and norms stay fp32.\n');
 
   const nf4 = rows[1].file;
-  const loaded = await loadModel(nf4, { backend, threads });
+  const loaded = await loadModel(nf4, { backend, threads, maxMemoryBytes });
   const prompt = 'Once upon a time';
   console.log(`A story from ${nf4} (${loaded.backend.info().variant.split(';')[0]}, temperature 0.8, seed ${seed}):\n`);
   process.stdout.write(prompt);

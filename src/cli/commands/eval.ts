@@ -42,7 +42,7 @@ export async function evalCommand(argv: string[]): Promise<number> {
   const window = num(p, 'window', DEFAULTS.window, (v) => Number.isInteger(v) && v >= 2, 'an integer >= 2');
   const maxWindows = p.values['max-windows'] === undefined ? undefined : num(p, 'max-windows', 1, isPosInt, 'a positive integer');
   const json = Boolean(p.values.json);
-  const { backend, threads } = backendChoice(p);
+  const { backend, threads, maxMemoryBytes } = backendChoice(p);
   if (p.values.sweep && backend === 'webgpu') throw new FluteError('E_OPTION', '--backend webgpu: the quality sweep runs exact f32 arithmetic on the CPU (wasm or ref); drop --backend or pick one of those');
   if (p.values.sweep) return sweepCommand(p, argv, atMostOnePositional('eval', p), { window, maxWindows, backend, threads });
   rejectSweepOptions(p);
@@ -53,7 +53,7 @@ export async function evalCommand(argv: string[]): Promise<number> {
     const code = (e as NodeJS.ErrnoException).code;
     throw new FluteError(code === 'ENOENT' ? 'E_NOT_FOUND' : 'E_IO', `--text ${textPath}: ${code === 'ENOENT' ? 'no such file' : (e as Error).message}`);
   }
-  const loaded = await loadModel(modelPath, { backend, threads, tokenizer: str(p, 'tokenizer'), ...terminalLoadOptions(json) });
+  const loaded = await loadModel(modelPath, { backend, threads, maxMemoryBytes, tokenizer: str(p, 'tokenizer'), ...terminalLoadOptions(json) });
   reportBackend('eval', loaded);
   const bar = progressBar('eval', { enabled: !json });
   const t0 = performance.now();

@@ -44,9 +44,9 @@ export async function runCommand(argv: string[]): Promise<number> {
   const topK = num(p, 'top-k', DEFAULTS.topK, isNonNegInt, 'an integer >= 0');
   const seed = num(p, 'seed', Math.floor(Math.random() * 2 ** 31), (v) => isPosInt(v + 1), 'an integer >= 0');
   const json = Boolean(p.values.json);
-  const { backend, threads } = backendChoice(p);
+  const { backend, threads, maxMemoryBytes } = backendChoice(p);
 
-  const loaded = await loadModel(modelPath, { backend, threads, tokenizer: str(p, 'tokenizer'), ...terminalLoadOptions(json) });
+  const loaded = await loadModel(modelPath, { backend, threads, maxMemoryBytes, tokenizer: str(p, 'tokenizer'), ...terminalLoadOptions(json) });
   reportBackend('run', loaded);
   const ac = new AbortController();
   const onSigint = () => ac.abort();
