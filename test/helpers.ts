@@ -1,16 +1,6 @@
 // Shared test utilities: a seeded RNG, random matrices and error measures with named bounds.
 
-export function rng(seed: number): () => number {
-  // mulberry32: tiny, seeded, good enough for test data.
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+export { mulberry32 as rng } from '../src/rng.js';
 
 /** Standard normal samples (Box-Muller). */
 export function randn(r: () => number, n: number, scale = 1): Float32Array {

@@ -154,6 +154,8 @@ export async function fluteSeeds(): Promise<Seed[]> {
 /**
  * tok512 as a LLaMA-2 style tokenizer.json (BPE with byte fallback, "▁" for spaces, merges ranked by
  * the merged piece's score) and its tokenizer_config.json.
+ * Kept apart from test/hf-fixtures.ts's converter on purpose: the crash seeds recorded in
+ * test/fuzz.test.ts replay only against these exact bytes.
  */
 export async function tokenizerJsonSeeds(): Promise<Seed[]> {
   const v = parseLlama2cTokenizer(await bytesOf(bundled('tok512.bin')), 512, 'tok512.bin');

@@ -21,6 +21,7 @@ import { groupsPerRow } from './linear.js';
 import { quantizeModel, type QuantizeModelOptions, type QuantizeModelReport } from './quantize-model.js';
 import { NearestEntry, quantizeRtn, type QuantizeOptions } from './rtn.js';
 import { buildTable } from './tables.js';
+import { mulberry32 } from '../rng.js';
 
 /** How the learned scale is parametrized for Adam. */
 export type ScaleParam =
@@ -254,18 +255,6 @@ export interface NflResult {
   readonly seconds: number;
 }
 
-/** A small seeded generator (mulberry32) for the order of the sequences. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
 /**
  * Learns per-group scales for every decoder linear of a dense model from a calibration token stream
  * (tokens as eval/perplexity.ts evalTokens makes them). Adam at batch 1: step i trains on one
@@ -284,7 +273,7 @@ export async function learnScales(config: LlamaConfig, weights: LlamaWeights, ca
   const seqs = calibrationSequences(calibTokens, count, length);
   const t0 = performance.now();
   const trainer = new NflTrainer(config, weights, { ...opts, lr, maxT: length - 1 });
-  const random = rng(opts.seed ?? NFL_DEFAULTS.seed);
+  const random = mulberry32(opts.seed ?? NFL_DEFAULTS.seed); // the order of the sequences
   const losses = new Float64Array(steps);
   const schedule = opts.schedule ?? NFL_DEFAULTS.schedule;
   checkOption(schedule === 'constant' || schedule === 'linear', 'schedule', '"constant" or "linear"', schedule);
