@@ -11,7 +11,7 @@ import { buildTable } from '../src/quant/tables.js';
 import { quantizeRtn } from '../src/quant/rtn.js';
 import { createRefBackend } from '../src/kernels/ref/index.js';
 import type { KernelBackend } from '../src/kernels/types.js';
-import { createWasmBackend, packForWasm, wasmCapabilities, type WasmKernelBackend, type WasmMatmulOptions } from '../src/kernels/wasm/index.js';
+import { INT_PATH_MAX_REL_ERROR, createWasmBackend, packForWasm, wasmCapabilities, type WasmKernelBackend, type WasmMatmulOptions } from '../src/kernels/wasm/index.js';
 import { buildKernelModule } from '../src/kernels/wasm/codegen.js';
 import { FuncBuilder, I32, ModuleBuilder, Op } from '../src/kernels/wasm/encoder.js';
 import { ThreadPool } from '../src/kernels/wasm/threads.js';
@@ -373,6 +373,55 @@ test('wasm codebooks: integer tables are exact, others within t0/2', () => {
     const t0 = Math.max(1 / hi, -1 / lo) * (1 + 2 ** -19);
     assert.ok(cb.maxError <= t0 / 2, `nf4 [${lo},${hi}]: ${cb.maxError} > ${t0 / 2}`);
     nf4.forEach((v, j) => assert.ok(Math.abs(v - cb.scale * cb.codes[j]) <= cb.maxError + 1e-12));
+  }
+});
+
+test('wasm codebooks: relError is the largest entry error relative to the entry; NF below the int-path limits, IQ4_NL only in 8 bits', () => {
+  for (const [kind, bits] of [['nf', 2], ['nf', 3], ['nf', 4], ['iq4nl', 4], ['fp4', 4]] as const) {
+    const table = new Float32Array(16);
+    table.set(buildTable(kind, bits));
+    const floor = Math.max(...table.map(Math.abs)) * 2 ** -24;
+    for (const [lo, hi] of [[-64, 63], [-127, 127]] as const) {
+      const cb = buildCodebook(table, lo, hi);
+      let rel = 0;
+      table.forEach((v, j) => (rel = Math.max(rel, Math.abs(v - cb.scale * cb.codes[j]) / Math.max(Math.abs(v), floor))));
+      assert.ok(Math.abs(cb.relError - rel) <= 1e-12, `${kind}${bits} [${lo},${hi}]: relError ${cb.relError} vs ${rel}`);
+      if (kind === 'nf') assert.ok(cb.relError <= INT_PATH_MAX_REL_ERROR, `${kind}${bits} [${lo},${hi}] ${cb.relError}`);
+    }
+    if (kind === 'iq4nl') {
+      assert.ok(buildCodebook(table, -64, 63).relError > 0.5, 'iq4nl: entry 1 next to a range of 240 in 7 bits');
+      assert.ok(buildCodebook(table, -127, 127).relError < 1e-5, 'iq4nl: exact (to the f32 scale) in 8 bits');
+    }
+  }
+});
+
+test('wasm int8 path: tables too coarse for a variant\'s codebook take a finer path (iq4nl, custom table with an entry near 0)', () => {
+  const r = rng(91);
+  const n = 24;
+  const k = 256;
+  const m = 5;
+  // 2% outliers x8: absmax groups put nearly every weight on the entries near zero, where a codebook's
+  // absolute error is largest relative to the entry (the case the sweep found).
+  const w = Float32Array.from({ length: n * k }, () => (r() * 2 - 1) * (r() < 0.02 ? 8 : 1));
+  const x = Float32Array.from({ length: m * k }, () => r() * 2 - 1);
+  const custom = Float32Array.from([0.9, -0.7, 0.003, -0.4, 0.5, -1, 0.2, 0.65]);
+  for (const [label, opts] of [
+    ['iq4nl4', { bits: 4, groupSize: 128, tableKind: 'iq4nl' as const }],
+    ['custom3', { bits: 3, groupSize: 64, tableKind: 'custom' as const, tableValues: custom }],
+  ] as const) {
+    const layer = quantizeRtn(w, n, k, { ...opts, scaleDtype: 'f32' }).layer;
+    const want = ref.matmul(ref.prepare(layer), x, m);
+    for (const { label: bl, be } of backends) {
+      const p = be.prepare(layer);
+      const got = be.matmul(p, x, m, undefined, { activations: 'int8' });
+      be.release(p);
+      const e = relErr(got, want);
+      const tol = be.info().relTolerance ?? 0;
+      assert.ok(e <= tol, `${label} on ${bl}: ${e} > ${tol}`);
+      // iq4nl runs its exact 8-bit codebook with int16 activations; the custom table's 0.003 entry is
+      // too coarse in 8 bits too, so it runs the exact path.
+      assert.ok(e < (label === 'iq4nl4' ? 1e-4 : 1e-5), `${label} on ${bl}: ${e}`);
+    }
   }
 });
 

@@ -64,6 +64,11 @@ export const FN = {
   int4: 5,
   dense: 6,
   generic: 7,
+  // Relaxed modules only: the SIMD128 integer kernels (int16 activations x 8-bit codes), for layers whose
+  // table the 7-bit codebook represents too coarsely (index.ts intPathFor).
+  wide2: 8,
+  wide3: 9,
+  wide4: 10,
 } as const;
 export type KernelId = (typeof FN)[keyof typeof FN];
 
@@ -214,8 +219,8 @@ function tiledLoops(f: FuncBuilder, maxTile: number, body: (mt: number, rq: numb
  * SIMD128: codes are signed i8 widened to i16, xq is i16; i32x4.dot_i16x8_s on rows {0,1} and {2,3}
  * gives two accumulators per tile row whose even/odd lanes are added at the end of a block.
  */
-function lutIntKernel(v: KernelVariant, bits: 2 | 3 | 4): FuncBuilder {
-  const f = new FuncBuilder(`lut_int${bits}`, [I32, I32]);
+function lutIntKernel(v: KernelVariant, bits: 2 | 3 | 4, name = `lut_int${bits}`): FuncBuilder {
+  const f = new FuncBuilder(name, [I32, I32]);
   const masks = makeMasks(f);
   const table = f.local(V128);
   const iv = f.local(V128);
@@ -651,6 +656,10 @@ export function buildKernelModule(v: KernelVariant, shared = true): Uint8Array<A
     [FN.dense, denseKernel(v)],
     [FN.generic, genericKernel()],
   ];
+  if (v.relaxed) {
+    const simd: KernelVariant = { relaxed: false };
+    kernels.push([FN.wide2, lutIntKernel(simd, 2, 'lut_wide2')], [FN.wide3, lutIntKernel(simd, 3, 'lut_wide3')], [FN.wide4, lutIntKernel(simd, 4, 'lut_wide4')]);
+  }
   kernels.sort((a, b) => a[0] - b[0]);
   const index = kernels.map(([, k]) => mb.add(k));
 

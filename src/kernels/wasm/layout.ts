@@ -39,17 +39,26 @@ export function roundUp(v: number, m: number): number {
 // ---------------------------------------------------------------------------------------------
 // Integer codebooks
 
-/** A table approximated as scale * code, codes in [lo, hi]; maxError = max_j |T_j - scale*code_j|. */
+/**
+ * A table approximated as scale * code, codes in [lo, hi]; maxError = max_j |T_j - scale*code_j|;
+ * relError = max_j |T_j - scale*code_j| / max(|T_j|, 2^-24 max|T|) (a zero entry takes code 0, exact;
+ * one below f32 resolution of the table, such as NF's 2.4e-16 middle entry, counts as zero). relError, not maxError, is what bounds the matmul's relative error whatever weights use the
+ * table (index.ts intPathFor): an absolute error of half a code step is small next to the entries at the
+ * ends of the table but not next to those near zero, where an absmax-scaled group with an outlier puts
+ * nearly all of its weights.
+ */
 export interface Codebook {
   readonly codes: Int8Array; // [16] (entries past 2^b are 0)
   readonly scale: number;
   readonly maxError: number;
+  readonly relError: number;
 }
 
 /**
- * The integer codebook with the smallest worst-case entry error among scales that fit [lo, hi]:
- * the plain absmax scale t0 = max(max T / hi, min T / lo) (nudged up by 2^-20 relative) and every
- * |T_j|/i that is at least t0 (so an integer-valued table such as 'int' gets scale 1 and no error).
+ * The integer codebook with the smallest relative entry error (then the smallest worst-case entry
+ * error) among scales that fit [lo, hi] and keep the entry error <= t0/2: the plain absmax scale
+ * t0 = max(max T / hi, min T / lo) (nudged up by 2^-20 relative) and every |T_j|/i that is at least t0
+ * (each makes T_j exact; an integer-valued table such as 'int' gets scale 1 and no error).
  * The error is <= t0/2 whatever the table: the bound the tests use.
  */
 export function buildCodebook(table: Float32Array, lo: number, hi: number): Codebook {
@@ -61,31 +70,37 @@ export function buildCodebook(table: Float32Array, lo: number, hi: number): Code
   }
   // Nudged up before rounding to f32 so that no code needs clamping: then the error is <= t0/2.
   const t0 = Math.fround(Math.max(tmax / hi, tmin / lo) * (1 + 2 ** -20));
-  const errOf = (t: number) => {
+  const floor = Math.max(tmax, -tmin) * 2 ** -24;
+  const errorsOf = (t: number): [number, number] => {
     let e = 0;
+    let rel = 0;
     for (const v of table) {
       const c = Math.min(hi, Math.max(lo, Math.round(v / t)));
-      e = Math.max(e, Math.abs(v - t * c));
+      const ej = Math.abs(v - t * c);
+      e = Math.max(e, ej);
+      if (ej > 0) rel = Math.max(rel, ej / Math.max(Math.abs(v), floor));
     }
-    return e;
+    return [e, rel];
   };
   let scale = t0;
-  let maxError = errOf(t0);
+  let [maxError, relError] = errorsOf(t0);
+  const limit = Math.max(maxError, t0 / 2);
   for (const v of table) {
     if (v === 0) continue;
     for (let i = 1; i <= Math.max(hi, -lo); i++) {
       const t = Math.fround(Math.abs(v) / i); // the kernels multiply by the f32 scale: measure with it
       if (t < t0) break;
-      const e = errOf(t);
-      if (e < maxError) {
+      const [e, rel] = errorsOf(t);
+      if (e <= limit && (rel < relError || (rel === relError && e < maxError))) {
         scale = t;
         maxError = e;
+        relError = rel;
       }
     }
   }
   const codes = new Int8Array(16);
   table.forEach((v, j) => (codes[j] = Math.min(hi, Math.max(lo, Math.round(v / scale)))));
-  return { codes, scale, maxError };
+  return { codes, scale, maxError, relError };
 }
 
 /** Relaxed-dot codebook: codes in [-64, 63] stored as unsigned 7-bit code + 64 (kernels.md 2.6). */

@@ -1,0 +1,231 @@
+// The kernel sweep: thousands of random layer configurations (bits 1..8, table kinds, group sizes
+// including ragged ones and g > K, N, K and M from 1 to 64 with a few larger, f16 and f32 scales) run on
+// every backend variant present (wasm with 1 and 2 threads, int8 and f32 activations; webgpu f32 and
+// f16 when an adapter exists) and compared with the reference. Each variant is held to the tolerance it
+// states (BackendInfo.relTolerance; webgpu's GPU_TOLERANCE per precision). Reports the worst case.
+
+import { FluteError } from '../errors.js';
+import { relativeError, type ComputeType, type QuantizedLinear } from '../quant/linear.js';
+import { quantizeRtn } from '../quant/rtn.js';
+import { TABLE_KINDS, type TableKind } from '../quant/tables.js';
+import { createRefBackend } from './ref/index.js';
+import type { KernelBackend } from './types.js';
+import type { GpuKernelBackend } from './webgpu/types.js';
+
+export type SweepBackendName = 'wasm' | 'webgpu';
+export const SWEEP_BACKENDS: readonly SweepBackendName[] = ['wasm', 'webgpu'];
+
+/** One random configuration. */
+export interface SweepConfig {
+  readonly bits: number;
+  readonly groupSize: number;
+  readonly table: TableKind;
+  readonly scaleDtype: 'f16' | 'f32';
+  readonly n: number;
+  readonly k: number;
+  readonly m: number;
+}
+
+export function configId(c: SweepConfig): string {
+  return `lut(kind=${c.table}${c.bits},g=${c.groupSize},scales=${c.scaleDtype},m=${c.m},n=${c.n},k=${c.k})`;
+}
+
+export interface SweepCaseResult {
+  readonly variant: string;
+  readonly id: string;
+  readonly relErr: number;
+  readonly tolerance: number;
+  readonly ok: boolean;
+  readonly error?: string;
+}
+
+export interface VariantReport {
+  readonly variant: string;
+  readonly tolerance: number;
+  cases: number;
+  /** Configurations the variant says it cannot run (unsupported()). */
+  skipped: number;
+  worst: { id: string; relErr: number } | undefined;
+  readonly failures: SweepCaseResult[];
+}
+
+export interface SweepReport {
+  readonly seed: number;
+  readonly configs: number;
+  readonly variants: VariantReport[];
+  /** Why a backend asked for is absent (no WebGPU adapter...). */
+  readonly absent: Record<string, string>;
+  readonly failures: number;
+  readonly elapsedMs: number;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Random configurations
+
+function mulberry32(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+/** Sizes: mostly 1..64 (odd and ragged ones included), one in eight up to 300. */
+function size(r: () => number): number {
+  return r() < 0.125 ? 65 + Math.floor(r() * 236) : 1 + Math.floor(r() * 64);
+}
+
+export function randomConfig(r: () => number): SweepConfig {
+  const bits = r() < 0.6 ? [2, 3, 4][Math.floor(r() * 3)] : 1 + Math.floor(r() * 8);
+  const kinds = (Object.keys(TABLE_KINDS) as TableKind[]).filter((t) => !TABLE_KINDS[t].unsupportedBits(bits));
+  const table = kinds[Math.floor(r() * kinds.length)];
+  const n = size(r);
+  const k = size(r);
+  const m = r() < 0.3 ? 1 + Math.floor(r() * 4) : size(r);
+  const gChoice = Math.floor(r() * 5);
+  // FLUTE's sizes, one group per row, g > K, or a ragged size that leaves a short last group.
+  const groupSize = gChoice === 0 ? [32, 64, 128][Math.floor(r() * 3)] : gChoice === 1 ? k : gChoice === 2 ? k + 1 + Math.floor(r() * 64) : 1 + Math.floor(r() * Math.max(1, k));
+  return { bits, groupSize, table, scaleDtype: r() < 0.7 ? 'f16' : 'f32', n, k, m };
+}
+
+function makeLayer(c: SweepConfig, r: () => number): QuantizedLinear {
+  const w = Float32Array.from({ length: c.n * c.k }, () => (r() * 2 - 1) * (r() < 0.02 ? 8 : 1)); // a few outliers
+  const values = c.table === 'custom' ? Float32Array.from({ length: 2 ** c.bits }, () => r() * 2 - 1) : undefined;
+  return quantizeRtn(w, c.n, c.k, { bits: c.bits, groupSize: c.groupSize, tableKind: c.table, tableValues: values, scaleDtype: c.scaleDtype }).layer;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Variants
+
+interface Variant {
+  readonly name: string;
+  readonly tolerance: number;
+  readonly computeType: ComputeType;
+  unsupported(layer: QuantizedLinear): string | null;
+  run(layer: QuantizedLinear, x: Float32Array, m: number): Promise<Float32Array>;
+  dispose(): void;
+}
+
+function cpuVariant(name: string, b: KernelBackend, opts: Record<string, unknown> = {}): Variant {
+  return {
+    name,
+    tolerance: b.info().relTolerance ?? 1e-5,
+    computeType: 'f32',
+    unsupported: (l) => b.unsupported(l),
+    async run(layer, x, m) {
+      const p = b.prepare(layer);
+      try {
+        return b.matmul(p, x, m, undefined, opts);
+      } finally {
+        b.release(p);
+      }
+    },
+    dispose: () => b.dispose(),
+  };
+}
+
+function gpuVariant(name: string, b: GpuKernelBackend, computeType: ComputeType, tolerance: number): Variant {
+  return {
+    name, tolerance, computeType,
+    unsupported: (l) => b.unsupported(l),
+    async run(layer, x, m) {
+      const p = await b.prepare(layer);
+      try {
+        return await b.matmul(p, x, m, undefined, { computeType });
+      } finally {
+        b.release(p);
+      }
+    },
+    dispose: () => b.dispose(),
+  };
+}
+
+async function createVariants(backends: readonly SweepBackendName[], absent: Record<string, string>): Promise<Variant[]> {
+  const out: Variant[] = [];
+  if (backends.includes('wasm')) {
+    const { createWasmBackend } = await import('./wasm/index.js');
+    for (const threads of [1, 2]) {
+      for (const activations of ['int8', 'f32'] as const) {
+        const b = await createWasmBackend({ threads, activations });
+        out.push(cpuVariant(`wasm(threads=${threads},act=${activations})`, b));
+      }
+    }
+  }
+  if (backends.includes('webgpu')) {
+    try {
+      const gpu = await import('./webgpu/index.js');
+      const probe = await gpu.webgpuAvailable();
+      if (!probe.ok) absent.webgpu = probe.reason ?? 'no adapter';
+      else {
+        out.push(gpuVariant('webgpu(f32)', await gpu.createWebGpuBackend({ precision: 'f32' }), 'f32', gpu.GPU_TOLERANCE.f32));
+        out.push(gpuVariant('webgpu(f16)', await gpu.createWebGpuBackend({ precision: 'f16' }), 'f16', gpu.GPU_TOLERANCE.f16));
+      }
+    } catch (e) {
+      absent.webgpu = (e as Error).message;
+    }
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The sweep
+
+export interface SweepOptions {
+  /** Random configurations per backend (each runs on every variant of that backend). */
+  readonly cases: Partial<Record<SweepBackendName, number>>;
+  readonly seed?: number;
+  readonly onCase?: (r: SweepCaseResult) => void;
+}
+
+export async function runSweep(opts: SweepOptions): Promise<SweepReport> {
+  const t0 = performance.now();
+  const seed = opts.seed ?? 1;
+  const backends = SWEEP_BACKENDS.filter((b) => (opts.cases[b] ?? 0) > 0);
+  const absent: Record<string, string> = {};
+  const variants = await createVariants(backends, absent);
+  const ref = createRefBackend();
+  const reports = variants.map((v): VariantReport => ({ variant: v.name, tolerance: v.tolerance, cases: 0, skipped: 0, worst: undefined, failures: [] }));
+  let configs = 0;
+  try {
+    for (const backend of backends) {
+      const mine = variants.map((v, i) => ({ v, rep: reports[i] })).filter(({ v }) => v.name.startsWith(backend));
+      // Each backend gets its own stream, so `--backend wasm` replays the same configurations as a full run.
+      const r = mulberry32(seed * 2654435761 + backend.length);
+      for (let c = 0; c < (opts.cases[backend] ?? 0); c++) {
+        const cfg = randomConfig(r);
+        const layer = makeLayer(cfg, r);
+        const x = Float32Array.from({ length: cfg.m * cfg.k }, () => r() * 2 - 1);
+        const id = configId(cfg);
+        configs++;
+        const refPrepared = ref.prepare(layer);
+        const want = new Map<ComputeType, Float32Array>();
+        for (const { v, rep } of mine) {
+          if (v.unsupported(layer)) {
+            rep.skipped++;
+            continue;
+          }
+          let w = want.get(v.computeType);
+          if (!w) want.set(v.computeType, (w = ref.matmul(refPrepared, x, cfg.m, undefined, { computeType: v.computeType })));
+          let result: SweepCaseResult;
+          try {
+            const got = await v.run(layer, x, cfg.m);
+            const relErr = relativeError(got, w);
+            result = { variant: v.name, id, relErr, tolerance: v.tolerance, ok: relErr <= v.tolerance };
+          } catch (e) {
+            result = { variant: v.name, id, relErr: NaN, tolerance: v.tolerance, ok: false, error: e instanceof FluteError ? `${e.code}: ${e.message}` : String(e) };
+          }
+          rep.cases++;
+          if (!rep.worst || !(result.relErr <= rep.worst.relErr)) rep.worst = { id, relErr: result.relErr };
+          if (!result.ok) rep.failures.push(result);
+          opts.onCase?.(result);
+        }
+      }
+    }
+  } finally {
+    for (const v of variants) v.dispose();
+  }
+  return { seed, configs, variants: reports, absent, failures: reports.reduce((a, r) => a + r.failures.length, 0), elapsedMs: performance.now() - t0 };
+}
