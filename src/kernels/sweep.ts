@@ -11,6 +11,7 @@ import { TABLE_KINDS, type TableKind } from '../quant/tables.js';
 import { createRefBackend } from './ref/index.js';
 import type { KernelBackend } from './types.js';
 import type { GpuKernelBackend } from './webgpu/types.js';
+import { mulberry32 } from '../rng.js';
 
 export type SweepBackendName = 'wasm' | 'webgpu';
 export const SWEEP_BACKENDS: readonly SweepBackendName[] = ['wasm', 'webgpu'];
@@ -61,17 +62,6 @@ export interface SweepReport {
 
 // ---------------------------------------------------------------------------------------------
 // Random configurations
-
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /** Sizes: mostly 1..64 (odd and ragged ones included), one in eight up to 300. */
 function size(r: () => number): number {
