@@ -1,6 +1,7 @@
 // The library's browser entry point: the same API as index.ts (Node) minus what takes a file path or a
 // folder, plus models loaded from bytes, a File/Blob or a URL. Nothing reachable from here imports Node
-// at load time (scripts/test-browser.mjs checks the bundle); Node-only paths import node:* lazily.
+// at load time (test/browser-demo.test.ts bundles it for the browser and checks); Node-only paths
+// import node:* lazily.
 
 import { FluteError } from './errors.js';
 import { fetchBytes } from './format/source.js';
