@@ -15,5 +15,6 @@ if (files.length === 0) {
   console.error('run-tests: no compiled tests under dist/test (run `npm run build` first)');
   process.exit(1);
 }
-const r = spawnSync(process.execPath, ['--test', '--test-concurrency=1', ...process.argv.slice(2), ...files], { stdio: 'inherit' });
+// A test that hangs (a GPU driver that never answers, say) fails after 10 minutes instead of holding CI.
+const r = spawnSync(process.execPath, ['--test', '--test-concurrency=1', '--test-timeout=600000', ...process.argv.slice(2), ...files], { stdio: 'inherit' });
 process.exit(r.status ?? 1);

@@ -461,16 +461,24 @@ gpuTest('webgpu: encodeMatmul replays into the caller\'s passes, split-K through
 });
 
 gpuTest('webgpu: a lost device becomes E_BACKEND', async () => {
-  const { adapter } = await acquireAdapter();
-  const device = await adapter.requestDevice();
+  // Held to the end: if Dawn's instance (acquired.gpu) is collected while its device lives, Dawn stops
+  // delivering events (device.lost never settles) or aborts the process.
+  const acquired = await acquireAdapter();
+  const device = await acquired.adapter.requestDevice();
   const bk = await createWebGpuBackend({ device, precision: 'f32' });
-  const p = await bk.prepare(randomLayer(rng(9), 4, 8, 64, 32));
-  assert.equal((await bk.matmul(p, new Float32Array(64).fill(1), 1)).length, 8);
-  device.destroy();
-  await device.lost;
-  await assert.rejects(bk.matmul(p, new Float32Array(64), 1), (e: unknown) => isCode('E_BACKEND')(e) && /lost/.test((e as Error).message));
-  assert.throws(() => bk.upload(new Float32Array(4), 1, 4), isCode('E_BACKEND'));
-  bk.dispose();
+  try {
+    const p = await bk.prepare(randomLayer(rng(9), 4, 8, 64, 32));
+    assert.equal((await bk.matmul(p, new Float32Array(64).fill(1), 1)).length, 8);
+    device.destroy();
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const deadline = new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error('device.lost did not settle within 20 s')), 20_000)));
+    await Promise.race([device.lost, deadline]).finally(() => clearTimeout(timer));
+    await assert.rejects(bk.matmul(p, new Float32Array(64), 1), (e: unknown) => isCode('E_BACKEND')(e) && /lost/.test((e as Error).message));
+    assert.throws(() => bk.upload(new Float32Array(4), 1, 4), isCode('E_BACKEND'));
+  } finally {
+    bk.dispose();
+    acquired.gpu = null;
+  }
 });
 
 // ---------------------------------------------------------------------------------------------
