@@ -1,6 +1,7 @@
-// Loads a model file (a path; bytes or a URL in browsers) into a runnable LlamaModel on a kernel backend, with its tokenizer. The file is
-// read tensor by tensor; quantized layers go to the backend as they are, dense ones as f32. The tokenizer
-// is the model's Hugging Face one when it has one (tokenizer.json), else llama2.c's.
+// Loads a model file (a path; bytes or a URL in browsers) into a runnable model with its tokenizer: a
+// LlamaModel on a CPU kernel backend, or a GpuLlamaModel on WebGPU. The file is read tensor by tensor;
+// quantized layers go to the backend as they are, dense ones as f32. The tokenizer is the model's
+// Hugging Face one when it has one (tokenizer.json), else llama2.c's.
 
 import { fetchBytes, memorySource } from '../format/source.js';
 import { createBackend, createModelBackend, type BackendName, type ModelBackendChoice, type ModelBackendName } from '../kernels/registry.js';
@@ -113,7 +114,12 @@ export async function loadModelFromUrl(url: string, opts: LoadModelUrlOptions = 
 /** Builds a runnable model from an opened one (closed when done: the weights are copied out of it). */
 export async function loadOpenedModel(src: OpenedModel, opts: LoadModelOptions = {}, file: string = src.file): Promise<LoadedModel> {
   try {
-    await checkMemoryBudget(file, src.config, src.quantized, { backend: typeof opts.backend === 'object' ? opts.backend.name : opts.backend, seqLen: opts.seqLen ?? Math.min(src.config.seqLen, opts.maxContext ?? DEFAULT_MAX_CONTEXT), maxBatch: opts.maxBatch, maxMemoryBytes: opts.maxMemoryBytes });
+    await checkMemoryBudget(file, src.config, src.quantized, {
+      backend: typeof opts.backend === 'object' ? opts.backend.name : opts.backend,
+      seqLen: opts.seqLen ?? Math.min(src.config.seqLen, opts.maxContext ?? DEFAULT_MAX_CONTEXT),
+      maxBatch: opts.maxBatch,
+      maxMemoryBytes: opts.maxMemoryBytes,
+    });
     // An explicit --tokenizer (llama2.c) wins; otherwise the model's own Hugging Face tokenizer when present.
     const tokenizer: Tokenizer = src.readHfTokenizer && !opts.tokenizer
       ? new HfTokenizer(await src.readHfTokenizer(), src.config.vocabSize)
