@@ -9,13 +9,11 @@ import type { BackendInfo, KernelBackend } from '../kernels/types.js';
 import type { GpuDeviceLostError } from '../kernels/webgpu/device-lost.js';
 import type { GpuKernelBackend } from '../kernels/webgpu/types.js';
 import type { ComputeType } from '../quant/linear.js';
-import { HfTokenizer } from '../tokenizer/hf.js';
-import { Llama2cTokenizer } from '../tokenizer/llama2c.js';
 import type { Tokenizer } from '../tokenizer/types.js';
 import type { CausalModel } from './generate.js';
 import { LlamaModel } from './llama.js';
 import { FallbackModel, GpuLlamaModel } from './llama-gpu.js';
-import { openModelFile, openModelSource, type OpenedModel } from './open.js';
+import { openModelFile, openModelSource, readModelTokenizer, type OpenedModel } from './open.js';
 import { checkMemoryBudget } from './memory-budget.js';
 import { loadLlamaWeights } from './weights.js';
 
@@ -120,13 +118,7 @@ export async function loadOpenedModel(src: OpenedModel, opts: LoadModelOptions =
       maxBatch: opts.maxBatch,
       maxMemoryBytes: opts.maxMemoryBytes,
     });
-    // An explicit --tokenizer (llama2.c) wins; otherwise the model's own Hugging Face tokenizer when present.
-    const tokenizer: Tokenizer = src.readHfTokenizer && !opts.tokenizer
-      ? new HfTokenizer(await src.readHfTokenizer(), src.config.vocabSize)
-      : await (async () => {
-        const tok = await src.readTokenizer();
-        return Llama2cTokenizer.fromBytes(tok.bytes, src.config.vocabSize, tok.file);
-      })();
+    const tokenizer = await readModelTokenizer(src, { preferLlama2c: opts.tokenizer !== undefined });
     const weights = await loadLlamaWeights(src.tensors, src.config, (name) =>
       src.quantized.has(name) ? src.readQuantized(name) : undefined,
     );

@@ -14,6 +14,9 @@ import { openLlama2c } from '../format/llama2c.js';
 import { baseName, openFileSource, type ByteSource } from '../format/source.js';
 import type { TensorReader } from '../format/tensors.js';
 import type { QuantizedLinear } from '../quant/linear.js';
+import { HfTokenizer } from '../tokenizer/hf.js';
+import { Llama2cTokenizer } from '../tokenizer/llama2c.js';
+import type { Tokenizer } from '../tokenizer/types.js';
 import type { LlamaConfig } from './config.js';
 
 export type ModelFormat = 'llama2c' | 'flute-checkpoint' | 'gguf' | 'flute' | 'hf';
@@ -32,6 +35,16 @@ export interface OpenedModel {
   /** A Hugging Face tokenizer (tokenizer.json and friends) when the model comes with one; load.ts prefers it. */
   readHfTokenizer?(): Promise<HfTokenizerFiles>;
   close(): Promise<void>;
+}
+
+/**
+ * The model's tokenizer: its Hugging Face one (tokenizer.json) when it has one, else llama2.c's.
+ * preferLlama2c: the caller named a llama2.c tokenizer (--tokenizer), which then wins.
+ */
+export async function readModelTokenizer(src: OpenedModel, opts: { readonly preferLlama2c?: boolean } = {}): Promise<Tokenizer> {
+  if (src.readHfTokenizer && !opts.preferLlama2c) return new HfTokenizer(await src.readHfTokenizer(), src.config.vocabSize);
+  const tok = await src.readTokenizer();
+  return Llama2cTokenizer.fromBytes(tok.bytes, src.config.vocabSize, tok.file);
 }
 
 /** A llama2.c tokenizer's bytes and where they came from (a path, a URL, a picked file's name). */

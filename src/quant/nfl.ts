@@ -10,9 +10,8 @@ import { FluteError, checkOption } from '../errors.js';
 import { evalTokens } from '../eval/perplexity.js';
 import { roundToF16 } from '../format/half.js';
 import type { LlamaConfig } from '../model/config.js';
-import type { OpenedModel } from '../model/open.js';
+import { readModelTokenizer, type OpenedModel } from '../model/open.js';
 import { LAYER_LINEARS, loadLlamaWeights, type LlamaWeights } from '../model/weights.js';
-import { Llama2cTokenizer } from '../tokenizer/llama2c.js';
 import { Adam } from '../train/adam.js';
 import { calibrationSequences } from '../train/data.js';
 import type { F64 } from '../train/layers.js';
@@ -320,8 +319,7 @@ export async function quantizeModelNfl(src: OpenedModel, outPath: string, opts: 
     throw new FluteError('E_OPTION', `${src.file}: already quantized (${src.quantized.size} quantized layers); learn NFL scales from the original dense model`);
   }
   buildTable(opts.tableKind, opts.bits, opts.tableValues, 'table'); // bad options fail before any work
-  const tok = await src.readTokenizer();
-  const tokenizer = Llama2cTokenizer.fromBytes(tok.bytes, src.config.vocabSize, tok.file);
+  const tokenizer = await readModelTokenizer(src);
   const tokens = evalTokens(tokenizer, opts.calibText);
   const weights = await loadLlamaWeights(src.tensors, src.config);
   let nfl: NflResult;

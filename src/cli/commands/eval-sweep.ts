@@ -9,10 +9,9 @@ import { evalTokens } from '../../eval/perplexity.js';
 import { renderQualityMarkdown, runSweep, SWEEP_METHODS, writeQualityMarkdown, type SweepMethod, type SweepText } from '../../eval/sweep.js';
 import { createRefBackend } from '../../kernels/ref/index.js';
 import type { KernelBackend } from '../../kernels/types.js';
-import { openModelFile } from '../../model/open.js';
+import { openModelFile, readModelTokenizer } from '../../model/open.js';
 import { loadLlamaWeights } from '../../model/weights.js';
 import { NFL_DEFAULTS, NFL_FLUTE_RECIPE, describeRecipe } from '../../quant/nfl.js';
-import { Llama2cTokenizer } from '../../tokenizer/llama2c.js';
 import { splitEvalCalibration } from '../../train/data.js';
 import { str, type OptionSpec, type Parsed } from '../args.js';
 import { bundledEvalTextPath, bundledModelPath, bundledWikiTextPath } from '../paths.js';
@@ -117,8 +116,7 @@ export async function sweepCommand(p: Parsed, argv: readonly string[], modelPath
   let dense;
   let tokenizer;
   try {
-    const tok = await src.readTokenizer();
-    tokenizer = Llama2cTokenizer.fromBytes(tok.bytes, src.config.vocabSize, tok.file);
+    tokenizer = await readModelTokenizer(src, { preferLlama2c: str(p, 'tokenizer') !== undefined });
     dense = await loadLlamaWeights(src.tensors, src.config);
   } finally {
     await src.close();
