@@ -53,6 +53,10 @@ async function main(): Promise<number> {
     console.log(`${'variant'.padEnd(26)} ${'cases'.padStart(6)} ${'skipped'.padStart(7)}  ${'worst rel err'.padStart(13)}  ${'tolerance'.padStart(9)}  worst configuration`);
     for (const v of report.variants) {
       console.log(`${v.variant.padEnd(26)} ${String(v.cases).padStart(6)} ${String(v.skipped).padStart(7)}  ${(v.worst?.relErr ?? NaN).toExponential(2).padStart(13)}  ${v.tolerance.toExponential(0).padStart(9)}  ${v.worst?.id ?? '-'}`);
+      for (const [path, p] of Object.entries(v.paths)) {
+        const over = p.worstOverBound ? `; worst / its stated bound ${p.worstOverBound.ratio.toFixed(2)} at ${p.worstOverBound.id}` : '';
+        console.log(`  path ${path.padEnd(19)} ${String(p.cases).padStart(6)} ${''.padStart(7)}  ${(p.worst?.relErr ?? NaN).toExponential(2).padStart(13)}  ${''.padStart(9)}  ${p.worst?.id ?? '-'}${over}`);
+      }
     }
     console.log(`\n${report.configs} configurations in ${(report.elapsedMs / 1000).toFixed(1)} s (seed ${report.seed}); ${report.failures} failures`);
     for (const v of report.variants) for (const f of v.failures.slice(0, 20)) console.log(`  FAIL ${f.variant} ${f.id}: rel err ${f.relErr.toExponential(2)} > ${f.tolerance}${f.error ? ` (${f.error})` : ''}`);

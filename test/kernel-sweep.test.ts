@@ -14,6 +14,9 @@ const GPU_CASES = Number(process.env.SWEEP_GPU_CASES ?? 30);
 function show(rep: SweepReport): void {
   for (const v of rep.variants) {
     console.log(`  ${v.variant}: ${v.cases} cases, worst ${v.worst?.relErr.toExponential(2)} (tolerance ${v.tolerance}) at ${v.worst?.id}`);
+    for (const [path, p] of Object.entries(v.paths)) {
+      console.log(`    path ${path}: ${p.cases} cases, worst ${p.worst?.relErr.toExponential(2)} at ${p.worst?.id}${p.worstOverBound ? `, worst / its stated bound ${p.worstOverBound.ratio.toFixed(2)}` : ''}`);
+    }
     for (const f of v.failures.slice(0, 10)) console.log(`    over: ${f.id} ${f.relErr.toExponential(2)}${f.error ? ` ${f.error}` : ''}`);
   }
 }
@@ -39,10 +42,17 @@ test('kernel sweep: wasm threads give the same answers as one thread', () => {
 
 // The stated tolerance is the bound index.ts derives (intPathTolerance); tables whose 7-bit codebook is
 // too coarse relative to their small entries (iq4nl, custom tables) take the 8-bit or the exact path.
-test('kernel sweep: wasm with int8 activations stays within its stated tolerance', () => {
+test('kernel sweep: wasm with int8 activations stays within its stated tolerance', async () => {
+  const { createWasmBackend } = await import('../src/kernels/wasm/index.js');
+  const probe = await createWasmBackend({ threads: 1 });
+  const want = ['exact', 'relaxed7', ...(probe.relaxed8 ? ['relaxed8'] : [])].filter((p) => probe.relaxed || p === 'exact');
+  probe.dispose();
   for (const v of wasm.variants.filter((x) => x.variant.includes('act=int8'))) {
     assert.equal(v.cases, WASM_CASES);
     assert.deepEqual(v.failures.map((f) => `${f.id} ${f.relErr.toExponential(2)}`), [], `${v.variant} within ${v.tolerance}`);
+    // each path the runtime has is reached (the SIMD128 kernels on a relaxed module only by a few custom tables)
+    for (const p of want) assert.ok((v.paths[p]?.cases ?? 0) > 0, `${v.variant}: no case took the ${p} path (${JSON.stringify(Object.keys(v.paths))})`);
+    assert.equal(Object.values(v.paths).reduce((a, p) => a + p.cases, 0), v.cases, `${v.variant}: every case reports its path`);
   }
 });
 

@@ -10,7 +10,7 @@ import { relativeError, type ComputeType, type QuantizedLinear } from '../quant/
 import { quantizeRtn } from '../quant/rtn.js';
 import { TABLE_KINDS, type TableKind } from '../quant/tables.js';
 import { createRefBackend } from './ref/index.js';
-import type { KernelBackend } from './types.js';
+import type { KernelBackend, PreparedLinear } from './types.js';
 import type { GpuKernelBackend } from './webgpu/types.js';
 import { mulberry32 } from '../rng.js';
 
@@ -39,6 +39,17 @@ export interface SweepCaseResult {
   readonly tolerance: number;
   readonly ok: boolean;
   readonly error?: string;
+  /** wasm int8: the path the layer took (relaxed7, relaxed8, simd, exact) and that path's stated bound for its table. */
+  readonly path?: string;
+  readonly pathBound?: number;
+}
+
+/** One path's share of a variant's cases (wasm int8: which codebook and kernels ran). */
+export interface PathReport {
+  cases: number;
+  worst: { id: string; relErr: number } | undefined;
+  /** Largest relErr / (the layer's stated path bound): above 1 where a single draw's sum cancels. */
+  worstOverBound: { id: string; ratio: number } | undefined;
 }
 
 export interface VariantReport {
@@ -49,6 +60,8 @@ export interface VariantReport {
   skipped: number;
   worst: { id: string; relErr: number } | undefined;
   readonly failures: SweepCaseResult[];
+  /** Per path, where the variant reports one (wasm int8). */
+  readonly paths: Record<string, PathReport>;
 }
 
 export interface SweepReport {
@@ -116,12 +129,14 @@ interface Variant {
   readonly tolerance: number;
   readonly computeType: ComputeType;
   unsupported(layer: QuantizedLinear): string | null;
+  /** The path the last run took and its stated bound, where the backend says (wasm int8). */
+  lastPath?: { path: string; bound: number };
   run(layer: QuantizedLinear, x: Float32Array, m: number): Promise<Float32Array>;
   dispose(): void;
 }
 
-function cpuVariant(name: string, b: KernelBackend, opts: Record<string, unknown> = {}): Variant {
-  return {
+function cpuVariant(name: string, b: KernelBackend, opts: Record<string, unknown> = {}, pathOf?: (p: PreparedLinear) => { path: string; bound: number }): Variant {
+  const v: Variant = {
     name,
     tolerance: b.info().relTolerance ?? 1e-5,
     computeType: 'f32',
@@ -129,6 +144,7 @@ function cpuVariant(name: string, b: KernelBackend, opts: Record<string, unknown
     async run(layer, x, m) {
       const p = b.prepare(layer);
       try {
+        if (pathOf) v.lastPath = pathOf(p);
         return b.matmul(p, x, m, undefined, opts);
       } finally {
         b.release(p);
@@ -136,6 +152,7 @@ function cpuVariant(name: string, b: KernelBackend, opts: Record<string, unknown
     },
     dispose: () => b.dispose(),
   };
+  return v;
 }
 
 function gpuVariant(name: string, b: GpuKernelBackend, computeType: ComputeType, tolerance: number): Variant {
@@ -161,7 +178,7 @@ async function createVariants(backends: readonly SweepBackendName[], absent: Rec
     for (const threads of [1, 2]) {
       for (const activations of ['int8', 'f32'] as const) {
         const b = await createWasmBackend({ threads, activations });
-        out.push(cpuVariant(`wasm(threads=${threads},act=${activations})`, b));
+        out.push(cpuVariant(`wasm(threads=${threads},act=${activations})`, b, {}, activations === 'int8' ? (p) => b.intPath(p) : undefined));
       }
     }
   }
@@ -198,7 +215,7 @@ export async function runSweep(opts: SweepOptions): Promise<SweepReport> {
   const absent: Record<string, string> = {};
   const variants = await createVariants(backends, absent);
   const ref = createRefBackend();
-  const reports = variants.map((v): VariantReport => ({ variant: v.name, tolerance: v.tolerance, cases: 0, skipped: 0, worst: undefined, failures: [] }));
+  const reports = variants.map((v): VariantReport => ({ variant: v.name, tolerance: v.tolerance, cases: 0, skipped: 0, worst: undefined, failures: [], paths: {} }));
   let configs = 0;
   try {
     for (const backend of backends) {
@@ -228,12 +245,19 @@ export async function runSweep(opts: SweepOptions): Promise<SweepReport> {
             // f16 arithmetic rounds x to f16 as well: that error is bounded by u16 * sum|W x| per output, not
             // by |y|, so a layer whose sums cancel gets that much more (FLUTE's 2e-3 presumes no cancellation).
             const allowance = v.computeType === 'f16' ? F16_UNIT * frobenius(magnitude ??= absProduct(ref, layer, x, cfg.m)) / Math.max(frobenius(w), Number.MIN_VALUE) : 0;
-            result = { variant: v.name, id, relErr, tolerance: v.tolerance, ok: relErr <= v.tolerance + allowance };
+            result = { variant: v.name, id, relErr, tolerance: v.tolerance, ok: relErr <= v.tolerance + allowance, path: v.lastPath?.path, pathBound: v.lastPath?.bound };
           } catch (e) {
             result = { variant: v.name, id, relErr: NaN, tolerance: v.tolerance, ok: false, error: e instanceof FluteError ? `${e.code}: ${e.message}` : String(e) };
           }
           rep.cases++;
           if (!rep.worst || !(result.relErr <= rep.worst.relErr)) rep.worst = { id, relErr: result.relErr };
+          if (result.path) {
+            const pr = (rep.paths[result.path] ??= { cases: 0, worst: undefined, worstOverBound: undefined });
+            pr.cases++;
+            if (!pr.worst || !(result.relErr <= pr.worst.relErr)) pr.worst = { id, relErr: result.relErr };
+            const ratio = result.relErr / (result.pathBound || Number.MIN_VALUE);
+            if (result.path !== 'exact' && (!pr.worstOverBound || !(ratio <= pr.worstOverBound.ratio))) pr.worstOverBound = { id, ratio };
+          }
           if (!result.ok) rep.failures.push(result);
           opts.onCase?.(result);
         }

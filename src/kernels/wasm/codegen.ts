@@ -2,7 +2,7 @@
 // and integer-activation paths), a dense f32 kernel, a scalar generic LUT kernel, and `work(tid)`,
 // which reads the job block in shared memory and runs the job's kernel on runs of row quads it takes
 // from a shared counter until none are left. One module per variant (SIMD128, or SIMD128 + relaxed
-// SIMD); layouts are in layout.ts.
+// SIMD, which also exports probe_dot for index.ts); layouts are in layout.ts.
 //
 // Every kernel has the signature (rq0, rq1) -> () and reads its parameters from the job block; it
 // loops over its row quads, then over activation tiles of up to MT rows (bodies specialised for tile
@@ -215,7 +215,10 @@ function tiledLoops(f: FuncBuilder, maxTile: number, body: (mt: number, rq: numb
 
 /**
  * y[m, rows of rq] += sum over groups of s4 * sum over blocks of d[m,b] * (sum_k code[q] * xq[m,k] - corr[m,b]).
- * Relaxed: one i32x4 per tile row, relaxed_dot(xq (i8), u = code + 64 (i7), acc): lane r = row r.
+ * Relaxed: one i32x4 per tile row, relaxed_dot(xq (i8), u, acc): lane r = row r, with u = code + 64
+ * (7-bit codes, xq in [-127, 127]) or u = code + 128 (8-bit codes, xq in [-64, 64], where probe_dot
+ * shows the engine reads u unsigned without saturating); corr = offset * sum(xq) takes the offset back
+ * out. The two differ only in the table bytes and the activation parameters, not in this code.
  * SIMD128: codes are signed i8 widened to i16, xq is i16; i32x4.dot_i16x8_s on rows {0,1} and {2,3}
  * gives two accumulators per tile row whose even/odd lanes are added at the end of a block.
  */
@@ -286,16 +289,7 @@ function lutIntKernel(v: KernelVariant, bits: 2 | 3 | 4, name = `lut_int${bits}`
             // int8 weights for 4 rows x 4 k
             f.get(table).get(iv).simd(v.relaxed ? S.i8x16_relaxed_swizzle : S.i8x16_swizzle).set(wv);
             if (v.relaxed) {
-              for (let m = 0; m < mt; m++) {
-                if (v.dot === 'split') {
-                  f.get(accA[m]).get(x).simdMem(S.v128_load32_splat, 2, m * 4);
-                  // pairwise widening by pmaddwd with a ones register (extadd_pairwise reloads a constant each time)
-                  f.get(wv).simd(S.i16x8_relaxed_dot_i8x16_i7x16_s).get(ones16).simd(S.i32x4_dot_i16x8_s).simd(S.i32x4_add).set(accA[m]);
-                } else {
-                  f.get(x).simdMem(S.v128_load32_splat, 2, m * 4);
-                  f.get(wv).get(accA[m]).simd(S.i32x4_relaxed_dot_i8x16_i7x16_add_s).set(accA[m]);
-                }
-              }
+              for (let m = 0; m < mt; m++) relaxedDotInto(f, v, accA[m], () => f.get(x).simdMem(S.v128_load32_splat, 2, m * 4), wv, ones16);
             } else {
               f.get(wv).simd(S.i16x8_extend_low_i8x16_s).set(wlo);
               f.get(wv).simd(S.i16x8_extend_high_i8x16_s).set(whi);
@@ -323,6 +317,45 @@ function lutIntKernel(v: KernelVariant, bits: 2 | 3 | 4, name = `lut_int${bits}`
     });
     storeTile(f, mt, rq, m0, tot);
   });
+  return f;
+}
+
+/**
+ * acc = acc + relaxed_dot(a, b) (i32x4: lane r = sum of bytes 4r..4r+3 of a times b), in the variant's
+ * form; a (signed i8) pushed by `pushA`, b (the codes) in local `b`, `ones16` holds i16x8 ones. Shared by
+ * the kernels and probe_dot, so the probe measures exactly the instructions the kernels run.
+ */
+function relaxedDotInto(f: FuncBuilder, v: KernelVariant, acc: number, pushA: () => void, b: number, ones16: number): void {
+  if (v.dot === 'split') {
+    f.get(acc);
+    pushA();
+    // pairwise widening by pmaddwd with a ones register (extadd_pairwise reloads a constant each time)
+    f.get(b).simd(S.i16x8_relaxed_dot_i8x16_i7x16_s).get(ones16).simd(S.i32x4_dot_i16x8_s).simd(S.i32x4_add).set(acc);
+  } else {
+    pushA();
+    f.get(b).get(acc).simd(S.i32x4_relaxed_dot_i8x16_i7x16_add_s).set(acc);
+  }
+}
+
+/**
+ * probe_dot(p) (relaxed modules): the kernels' relaxed dot on a = i8x16 at p, b = i8x16 at p+16,
+ * acc = i32x4 at p+32, result stored at p+48. The relaxed-SIMD spec leaves the dot's result
+ * implementation-defined where b's top bit is set (b read as signed or unsigned, i16 pair sums
+ * saturated or not); index.ts calls this once per module to learn whether 8-bit codes (b in [0, 255])
+ * are exact with activations in [-64, 64].
+ */
+function probeDotFunction(v: KernelVariant): FuncBuilder {
+  const f = new FuncBuilder('probe_dot', [I32]);
+  const a = f.local(V128);
+  const b = f.local(V128);
+  const acc = f.local(V128);
+  const ones16 = f.local(V128);
+  f.v128Const([1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0]).set(ones16);
+  f.get(0).v128Load(0).set(a);
+  f.get(0).v128Load(16).set(b);
+  f.get(0).v128Load(32).set(acc);
+  relaxedDotInto(f, v, acc, () => f.get(a), b, ones16);
+  f.get(0).get(acc).v128Store(48);
   return f;
 }
 
@@ -694,5 +727,6 @@ export function buildKernelModule(v: KernelVariant, shared = true): Uint8Array<A
   mb.add(actQuantKernel(false));
   mb.add(actQuantKernel(true));
   mb.add(actTileKernel());
+  if (v.relaxed) mb.add(probeDotFunction(v));
   return mb.encode();
 }

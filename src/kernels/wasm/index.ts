@@ -12,32 +12,46 @@
 // Paths (layouts in layout.ts, kernels in codegen.ts):
 //   - lut int ('int8' activations, the default for b <= 4): activations quantized per block of up to
 //     128 padded columns (d = amax/Q, q = nearest(x/d)), the table approximated by an integer codebook
-//     T ~= t*c (one v128, looked up by swizzle), integer dot products, one f32 fold per block.
-//     Relaxed variant: int8 activations (Q = 127) x 7-bit codes (c in [-64, 63], stored +64) via the
-//     relaxed int8 dot (the codes, in [0, 127] once stored, are its i7 operand, so x86's unsigned
-//     reading of that operand is exact; fused or split form, see relaxedDotOrder); SIMD128 variant:
-//     int16 activations (Q = 32767) x int8 codes (c in [-127, 127]) via i32x4.dot_i16x8_s. Per
-//     element, with eT = max_j |T_j - t c_j| <= t0/2 (t0 the absmax code step) and
+//     T ~= t*c (one v128, looked up by swizzle), integer dot products, one f32 fold per block. Paths:
+//       relaxed7: int8 activations (Q = 127) x 7-bit codes (c in [-64, 63], stored +64) via the relaxed
+//         int8 dot (the codes, in [0, 127] once stored, are its i7 operand, which every engine reads
+//         alike; fused or split form, see relaxedDotOrder);
+//       relaxed8: activations in [-64, 64] (Q = 64) x 8-bit codes (c in [-128, 127], stored +128) on the
+//         same relaxed kernels, only where probeRelaxedDot8 finds the engine's relaxed dot reads a
+//         top-bit-set operand as unsigned without saturating in that range (the spec allows signed or
+//         unsigned, saturated or not; V8 on x64 reads it unsigned, |2 * 64 * 255| = 32640 fits i16;
+//         V8's arm64 code reads it signed, so there this path is off). Only the table bytes, Q and the offset
+//         (corr = 128 sum q per block, computed by act_quant) differ from relaxed7;
+//       simd: int16 activations (Q = 32767) x 8-bit codes (c in [-127, 127]) via i32x4.dot_i16x8_s (the
+//         SIMD128 variant's kernels; the 'wide' ones of a relaxed module, 1.6-1.8x relaxed's time at M = 1).
+//     Per element, with eT = max_j |T_j - t c_j| <= t0/2 (t0 the absmax code step) and
 //     delta = amax_block (1/(2Q) + 4u), u = 2^-24, over B activation blocks along K:
 //       |y - y_ref| <= sum_k |s_k| (eT |x_k| + (|T_k| + eT) delta_k)
 //                      + (B + 6) u sum_k |s_k| (|T_k| + eT)(|x_k| + delta_k) + u sum|W x| + u |y|.
-//     test/kernels-wasm.test.ts derives and checks it per element. Relative to |y| that bound is not
-//     enough: eT is absolute, and an absmax-scaled group with an outlier puts nearly all its weights on
-//     the entries near zero, next to which half a code step can be large (IQ4_NL's entry 1 in a range
-//     of 240 gets code 0 or 2: 98% off; NF4's -0.091: 4.6%). What bounds the relative error whatever
-//     the weights is the codebook's relative entry error rho = max_j |T_j - t c_j| / |T_j|: for inputs
-//     with independent zero-mean entries, E(sum_k s_k (T_k - t c_k) x_k)^2 <= rho^2 E y^2 per output,
-//     and the activation rounding adds alpha (1 + rho), alpha = crest/(2Q sqrt 3) (crest factor <= 4).
-//     So each layer takes the first path whose codebook has rho <= INT_PATH_MAX_REL_ERROR = 5% (relaxed
-//     variant: 7-bit then 8-bit codes; SIMD128: 8-bit codes), else the exact path; NF, int and fp4
-//     tables stay on the variant's own codebook, IQ4_NL takes the 8-bit one on a relaxed variant (exact
-//     for its integer table; ~1.6x the relaxed path's time at M = 1), custom tables with an entry near
-//     zero may go exact. Stated relTolerance: rho_max + alpha (1 + rho_max), 0.06 (relaxed), 0.051
-//     (SIMD128): a bound on the RMS over random inputs, which single draws over few outputs spread
-//     around, and one output whose sum cancels can exceed. Measured (kernel sweep, 3000 cases per
-//     seed): relaxed, seeds 1-7: worst 5.6e-2 (int1, m = n = 1, k = 27: activation rounding on a
-//     cancelling sum); SIMD128, seeds 1-3: worst 2.7e-2 (custom3, m = 1, n = 3); NF4 at g = 128 with
-//     outliers ~1.8% (relaxed) and ~1.2% (SIMD128).
+//     test/kernels-wasm.test.ts derives and checks it per element and path. Relative to |y| that bound
+//     is not enough: eT is absolute, and an absmax-scaled group with an outlier puts nearly all its
+//     weights on the entries near zero, next to which half a code step can be large (IQ4_NL's entry 1
+//     in a range of 240 gets code 0 or 2 in 7 bits: 98% off; NF4's -0.091: 4.6%). What bounds the
+//     relative error whatever the weights is the codebook's relative entry error
+//     rho = max_j |T_j - t c_j| / |T_j|: for inputs with independent zero-mean entries,
+//     E(sum_k s_k (T_k - t c_k) x_k)^2 <= rho^2 E y^2 per output, and the activation rounding adds
+//     alpha(Q) (1 + rho), alpha(Q) = crest/(2Q sqrt 3) (crest factor <= 4): a path's bound is
+//     rho + alpha(Q) (1 + rho) (intPathBound). Each layer takes, of relaxed7 and relaxed8, the one with
+//     the smaller bound, then simd, then the exact path, the first whose bound is within the variant's
+//     budget: the bound of its finest fast path at rho = INT_PATH_MAX_REL_ERROR = 5%, i.e.
+//     0.05 + alpha(127) 1.05 = 0.0595 (relaxed) and 0.05 + alpha(32767) 1.05 = 0.05004 (SIMD128). So
+//     relaxed7 needs rho7 <= 5%, relaxed8 rho8 <= 4.08%. Taken on a relaxed variant with 8-bit codes:
+//     int, fp4, NF1-3 relaxed7 (bounds 0.9%, 0.9%, 0.9-1.95%), NF4 relaxed8 (3.8%, against 5.6% in 7 bits)
+//     and IQ4_NL relaxed8 (exact codes: 1.8%); without 8-bit codes NF4 takes relaxed7 and IQ4_NL simd;
+//     custom tables with an entry near zero may go exact. Stated relTolerance: the budget rounded up,
+//     0.06 (relaxed) and 0.051 (SIMD128): a bound on the RMS over random inputs, which single draws over
+//     few outputs spread around, and one output whose sum cancels can exceed. Measured (kernel sweep,
+//     3000 cases per seed, seeds 1-7): relaxed variant worst 5.6e-2 (relaxed7, int1, m = n = 1, k = 27:
+//     activation rounding on a cancelling sum, 6.1x its own layer's bound); per path: relaxed7 5.6e-2,
+//     relaxed8 2.0e-2 (at most 0.81 of its layers' own bounds), simd 1.5e-2; SIMD128 variant, seeds 1-3:
+//     worst 2.7e-2 (custom3, m = 1, n = 3). RTN NF4 at g = 128 (Gaussian weights and inputs) measures
+//     1.44% on relaxed8, 1.38% on relaxed7, 0.58% on simd (with 2% outliers x8: 1.6% and 1.9%); RTN
+//     IQ4_NL at g = 32: 1.0% on relaxed8, 2e-5 on simd.
 //   - lut exact ('f32' activations): y = sum fl(T[q]*s) * x, the reference's weights exactly, summed in
 //     f32: |y - y_ref| <= gamma_{Kp+2} sum|W x| + u |y| (relative error ~1e-7..1e-6 in practice, < 1e-5
 //     as tested); an identity input returns dequantize() bit for bit.
@@ -57,6 +71,7 @@ import { FuncBuilder, ModuleBuilder, S } from './encoder.js';
 import { FN, J, JOB_ADDR, JOB_WORDS, MT, buildKernelModule, type KernelVariant } from './codegen.js';
 import {
   CHUNK,
+  LUT_TABLE_BYTES,
   QUAD,
   layoutBytes,
   packForWasm,
@@ -76,6 +91,12 @@ export type { WasmLayout } from './layout.js';
 // Options and capabilities
 
 export type WasmActivations = 'int8' | 'f32';
+/**
+ * Paths of an 'int8' request on a lut layer: 'relaxed7' (7-bit codes, int8 activations, relaxed dot),
+ * 'relaxed8' (8-bit codes, activations in [-64, 64], the same relaxed kernels), 'simd' (8-bit codes,
+ * int16 activations, SIMD128 i16 dot), 'exact' (f32 activations). Dense and generic layers are 'exact'.
+ */
+export type WasmIntPath = 'relaxed7' | 'relaxed8' | 'simd' | 'exact';
 
 export interface WasmBackendOptions {
   /** Threads including the caller; default: the cores available. 1 runs everything on the caller. */
@@ -87,6 +108,12 @@ export interface WasmBackendOptions {
    * picks per host (see relaxedDotOrder), 'fused' or 'split' forces one (tests, benchmarks).
    */
   readonly relaxedDot?: 'auto' | 'fused' | 'split';
+  /**
+   * 8-bit codes on the relaxed dot ('relaxed8' path): 'auto' (default) and true use them where the
+   * engine's relaxed dot proves exact for them (probeRelaxedDot8), false never (tables that need 8 bits
+   * then take the SIMD128 kernels, as before; tests, benchmarks).
+   */
+  readonly relaxed8?: 'auto' | boolean;
   /** Initial memory; grows as layers are prepared. Default 64 MiB. */
   readonly initialMemoryMiB?: number;
   /** Cap on the memory (wasm32: at most 4096 MiB, the default). */
@@ -113,6 +140,10 @@ export interface WasmKernelBackend extends KernelBackend {
   readonly threads: number;
   /** True when the relaxed-SIMD kernels passed their self-check and run. */
   readonly relaxed: boolean;
+  /** True when the relaxed kernels also take 8-bit codes (the 'relaxed8' path; probeRelaxedDot8). */
+  readonly relaxed8: boolean;
+  /** The path an 'int8' matmul takes for this layer, and the path's stated relative error bound (intPathFor). */
+  intPath(layer: PreparedLinear): { readonly path: WasmIntPath; readonly bound: number };
   matmul(layer: PreparedLinear, x: Float32Array, m: number, out?: Float32Array, opts?: WasmMatmulOptions): Float32Array;
 }
 
@@ -201,16 +232,13 @@ interface WasmLayerData {
   readonly generic?: { readonly groupSize: number; readonly groups: number };
   readonly w: number; // weights (indices / f32) in wasm memory
   readonly s: number; // scales (0 for dense)
-  readonly table: number; // lut: planes [64] + relaxed codes [16] + simd codes [16]; generic: f32[256]
-  readonly relaxedScale: number;
-  readonly simdScale: number;
-  readonly relaxedRelError: number; // the codebooks' relative entry errors (layout.ts Codebook.relError)
-  readonly simdRelError: number;
+  readonly table: number; // lut: planes [64] + relaxed codes [16] + simd codes [16] + relaxed8 codes [16]; generic: f32[256]
+  readonly codebooks?: Record<Exclude<WasmIntPath, 'exact'>, { readonly scale: number; readonly relError: number }>; // lut only
   released: boolean;
 }
 
-const TABLE_RELAXED = 64;
-const TABLE_SIMD = 80;
+/** Byte offsets of the integer codebooks in a lut layer's table block (layout.ts LUT_TABLE_BYTES). */
+const TABLE_OFFSET = { relaxed7: 64, simd: 80, relaxed8: 96 } as const;
 
 /** The activation helpers of codegen.ts, called on the calling thread before a job. */
 interface ActKernels {
@@ -225,6 +253,8 @@ interface ActKernels {
 class Core {
   private readonly scratch = new Map<string, { ptr: number; size: number }>();
   pool: ThreadPool | null = null; // null until startThreads (self-checks run on the caller alone)
+  /** The relaxed kernels take 8-bit codes (set by createWasmBackend from probeRelaxedDot8 and the option). */
+  relaxed8 = false;
 
   private constructor(
     readonly variant: KernelVariant,
@@ -232,6 +262,7 @@ class Core {
     readonly module: WebAssembly.Module,
     readonly work: (tid: number) => void,
     readonly kernels: ActKernels,
+    readonly probeDot: ((p: number) => void) | undefined,
   ) {}
 
   static async create(variant: KernelVariant, shared: boolean, opts: WasmBackendOptions): Promise<Core> {
@@ -240,7 +271,8 @@ class Core {
     const module = await WebAssembly.compile(bytes);
     const heap = WasmHeap.create({ shared, initialMiB: opts.initialMemoryMiB ?? 64, maxMiB: opts.maxMemoryMiB ?? 4096, reservedBytes: 4096 });
     const inst = await WebAssembly.instantiate(module, { env: { memory: heap.memory } });
-    return new Core(variant, heap, module, inst.exports.work as (tid: number) => void, inst.exports as unknown as ActKernels);
+    const probeDot = inst.exports.probe_dot as ((p: number) => void) | undefined;
+    return new Core(variant, heap, module, inst.exports.work as (tid: number) => void, inst.exports as unknown as ActKernels, probeDot);
   }
 
   async startThreads(threads: number, timeoutMs?: number): Promise<void> {
@@ -278,6 +310,47 @@ class Core {
   }
 }
 
+/**
+ * Whether this module's relaxed dot (codegen probe_dot: the kernels' own instructions) computes
+ * acc + sum a_i b_i exactly for a in [-64, 64] and b in [0, 255] read as unsigned bytes: the relaxed-SIMD
+ * spec lets an engine read a top-bit-set b as signed or unsigned and saturate the i16 pair sums or not
+ * (one fixed choice per environment). V8 11 on x64 reads it unsigned (pmaddubsw) and saturates pair
+ * sums beyond +-32767 (measured in both tiers), which |2 * 64 * 255| = 32640 never reaches; V8's arm64
+ * code (smull / sdot) reads it signed, which this rejects (not run here). Checked on the extremes
+ * (|a| = 64 against b = 255 and 128, both signs), runs of top-bit-set b from 128 to 249, and 32
+ * pseudo-random vectors.
+ */
+function probeRelaxedDot8(core: Core): boolean {
+  if (!core.probeDot) return false;
+  const heap = core.heap;
+  const p = heap.alloc(64, 'relaxed dot probe');
+  try {
+    const a = heap.i8(p, 16);
+    const b = heap.u8.subarray(p + 16, p + 32);
+    const acc = heap.i32(p + 32, 4);
+    const out = heap.i32(p + 48, 4);
+    let seed = 99;
+    const rand = (n: number) => ((seed = (Math.imul(seed, 1103515245) + 12345) >>> 0) % n);
+    const vectors: [number[], number[]][] = [
+      [[64, 64, -64, -64, 64, -64, 64, 64, -64, -64, 0, 1, 64, 64, -64, -64], [255, 255, 255, 255, 128, 128, 255, 128, 128, 255, 0, 255, 127, 255, 127, 255]],
+      [Array.from({ length: 16 }, (_, i) => (i % 2 ? -1 : 1) * (1 + i * 4)), Array.from({ length: 16 }, (_, i) => 128 + i)],
+      [Array.from({ length: 16 }, (_, i) => 64 - 9 * i), Array.from({ length: 16 }, (_, i) => 144 + 7 * i)],
+    ];
+    for (let v = 0; v < 32; v++) vectors.push([Array.from({ length: 16 }, () => rand(129) - 64), Array.from({ length: 16 }, () => rand(256))]);
+    for (const [av, bv] of vectors) {
+      a.set(av);
+      b.set(bv);
+      for (let r = 0; r < 4; r++) acc[r] = rand(2001) - 1000;
+      const want = Array.from({ length: 4 }, (_, r) => acc[r] + av[4 * r] * bv[4 * r] + av[4 * r + 1] * bv[4 * r + 1] + av[4 * r + 2] * bv[4 * r + 2] + av[4 * r + 3] * bv[4 * r + 3]);
+      core.probeDot(p);
+      for (let r = 0; r < 4; r++) if (out[r] !== want[r]) return false;
+    }
+    return true;
+  } finally {
+    heap.release(p);
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // The backend
 
@@ -293,8 +366,8 @@ class WasmBackend implements WasmKernelBackend {
   ) {}
 
   info(): BackendInfo {
-    // int8 path: intPathTolerance (0.06 relaxed, 0.051 SIMD128), which the per-layer choice of codebook
-    // (intPathFor) makes hold for every table. The exact path sums f32 products: 1e-5.
+    // int8 path: intPathTolerance (0.06 relaxed, 0.051 SIMD128), the budget within which the per-layer
+    // choice of path (intPathFor) keeps every path's bound, whatever the table. The exact path sums f32 products: 1e-5.
     const relTolerance = this.activations === 'f32' ? 1e-5 : intPathTolerance(this.core.variant.relaxed);
     return { name: 'wasm', variant: this.description, relTolerance };
   }
@@ -305,6 +378,18 @@ class WasmBackend implements WasmKernelBackend {
   }
   get relaxed(): boolean {
     return this.core.variant.relaxed;
+  }
+  get relaxed8(): boolean {
+    return this.core.relaxed8;
+  }
+
+  intPath(layer: PreparedLinear): { path: WasmIntPath; bound: number } {
+    this.alive();
+    if (layer.backend !== 'wasm') throw new FluteError('E_BACKEND', 'wasm intPath: the layer was prepared by another backend');
+    const cbs = (layer.data as WasmLayerData).codebooks;
+    if (!cbs) return { path: 'exact', bound: 0 };
+    const path = intPathFor(this.core, cbs);
+    return { path, bound: path === 'exact' ? 0 : intPathBound(cbs[path].relError, ACT_QMAX[path]) };
   }
 
   unsupported(layer: Linear): string | null {
@@ -336,27 +421,29 @@ class WasmBackend implements WasmKernelBackend {
       const what = `a [${layer.n}, ${layer.k}] layer`;
       if (lay.kind === 'dense') {
         const w = put(bytesOf(lay.weight), what);
-        data = { layout: 'dense', w, s: 0, table: 0, relaxedScale: 1, simdScale: 1, relaxedRelError: 0, simdRelError: 0, released: false };
+        data = { layout: 'dense', w, s: 0, table: 0, released: false };
         bytes = lay.weight.byteLength;
       } else if (lay.kind === 'generic') {
         const w = put(lay.indices, what);
         const s = put(bytesOf(lay.scales), what);
         const table = put(bytesOf(lay.table), what);
-        data = { layout: 'generic', generic: { groupSize: lay.groupSize, groups: lay.groups }, w, s, table, relaxedScale: 1, simdScale: 1, relaxedRelError: 0, simdRelError: 0, released: false };
+        data = { layout: 'generic', generic: { groupSize: lay.groupSize, groups: lay.groups }, w, s, table, released: false };
         bytes = lay.indices.byteLength + lay.scales.byteLength + lay.table.byteLength;
       } else {
         const w = put(lay.indices, what);
         const s = put(bytesOf(lay.scales), what);
-        const tb = new Uint8Array(96);
+        const tb = new Uint8Array(LUT_TABLE_BYTES);
         tb.set(lay.planes, 0);
-        lay.relaxedCodebook.codes.forEach((c, j) => (tb[TABLE_RELAXED + j] = c + 64));
-        lay.simdCodebook.codes.forEach((c, j) => (tb[TABLE_SIMD + j] = c & 0xff));
+        // the relaxed dot's unsigned operand: 7-bit codes + 64 in [0, 127], 8-bit codes + 128 in [0, 255]
+        lay.relaxedCodebook.codes.forEach((c, j) => (tb[TABLE_OFFSET.relaxed7 + j] = c + ACT_OFFSET.relaxed7));
+        lay.simdCodebook.codes.forEach((c, j) => (tb[TABLE_OFFSET.simd + j] = c & 0xff));
+        lay.relaxed8Codebook.codes.forEach((c, j) => (tb[TABLE_OFFSET.relaxed8 + j] = c + ACT_OFFSET.relaxed8));
         const table = put(tb, what);
         const { indices: _i, scales: _s, planes: _p, ...lut } = lay;
+        const cb = (c: { scale: number; relError: number }) => ({ scale: c.scale, relError: c.relError });
         data = {
           layout: 'lut', lut, w, s, table,
-          relaxedScale: lay.relaxedCodebook.scale, simdScale: lay.simdCodebook.scale,
-          relaxedRelError: lay.relaxedCodebook.relError, simdRelError: lay.simdCodebook.relError,
+          codebooks: { relaxed7: cb(lay.relaxedCodebook), relaxed8: cb(lay.relaxed8Codebook), simd: cb(lay.simdCodebook) },
           released: false,
         };
         bytes = lay.indices.byteLength + lay.scales.byteLength + tb.byteLength;
@@ -415,7 +502,7 @@ class WasmBackend implements WasmKernelBackend {
       const lb = g.layoutBits;
       jw[J.groups] = g.groups;
       jw[J.quadBytes] = g.quadBytes;
-      const path = act === 'f32' ? 'exact' : intPathFor(core.variant.relaxed, data);
+      const path = act === 'f32' ? 'exact' : intPathFor(core, data.codebooks!);
       if (path === 'exact') {
         const a: ActGeometry = { m, k, groupSize: g.groupSize, paddedGroup: g.paddedGroup, groups: g.groups, tile: MT.exact };
         const kp = paddedK(a);
@@ -425,7 +512,7 @@ class WasmBackend implements WasmKernelBackend {
         jw[J.table] = data.table;
         jw[J.inner] = g.paddedGroup / CHUNK;
       } else {
-        const relaxed = path === 'relaxed';
+        const relaxed = path !== 'simd'; // relaxed7 and relaxed8 run the same kernels
         const a: ActGeometry = { m, k, groupSize: g.groupSize, paddedGroup: g.paddedGroup, groups: g.groups, tile: MT.int };
         const kp = paddedK(a);
         const block = activationBlock(g.paddedGroup, this.actBlockMax);
@@ -436,14 +523,14 @@ class WasmBackend implements WasmKernelBackend {
         const pPtr = core.scratchPtr('p', nb * m * 8);
         padRows(a, x, heap.f32(rows, kp * m));
         const quant = relaxed ? core.kernels.act_quant8 : core.kernels.act_quant16;
-        quant(rows, m, kp, block, MT.int, xPtr, pPtr, relaxed ? 127 : 32767, relaxed ? data.relaxedScale : data.simdScale, relaxed ? 64 : 0);
-        // the relaxed module's int kernels are the 7-bit ones; its SIMD128 ones are wide*
+        quant(rows, m, kp, block, MT.int, xPtr, pPtr, ACT_QMAX[path], data.codebooks![path].scale, ACT_OFFSET[path]);
+        // the relaxed module's int kernels take relaxed7 and relaxed8; its SIMD128 ones are wide*
         const wide = !relaxed && core.variant.relaxed;
         jw[J.fn] = wide ? (lb === 2 ? FN.wide2 : lb === 3 ? FN.wide3 : FN.wide4) : lb === 2 ? FN.int2 : lb === 3 ? FN.int3 : FN.int4;
         jw[J.x] = xPtr;
         jw[J.p] = pPtr;
         jw[J.kp] = kp;
-        jw[J.table] = data.table + (relaxed ? TABLE_RELAXED : TABLE_SIMD);
+        jw[J.table] = data.table + TABLE_OFFSET[path];
         jw[J.inner] = block / CHUNK;
         jw[J.blocks] = g.paddedGroup / block;
       }
@@ -495,39 +582,65 @@ class WasmBackend implements WasmKernelBackend {
   }
 }
 
-/** Largest multiple of 32 that divides gp and is <= max (gp is a multiple of 32). */
 /**
- * Largest relative entry error (Codebook.relError) a layer's integer codebook may have on the int8
- * path: on a relaxed variant a layer whose 7-bit codebook exceeds it runs the 8-bit one (the SIMD128
- * kernels, int16 activations), and one whose 8-bit codebook exceeds it too runs the exact path. Above
- * NF4's 7-bit 4.6% (NF3 1.0%, NF2 0.2%, int and fp4 0), so NF stays on the fastest path, and far below
- * IQ4_NL's 98% (its entry 1 next to a range of 240; exact in 8 bits). Custom tables with an entry near
- * zero may need the exact path.
+ * Largest relative entry error (Codebook.relError) a codebook may have on the int8 path when taken with
+ * the finest activations of the variant's fast kernels (Q = 127 relaxed, Q = 32767 SIMD128): it sets
+ * the variant's error budget, intPathBudget, which every path must meet. Above NF4's 7-bit 4.6% (NF3
+ * 1.0%, NF2 0.2%, int and fp4 0), so NF stays on the relaxed kernels, and far below IQ4_NL's 98% in 7
+ * bits (its entry 1 next to a range of 240; exact in 8 bits). Custom tables with an entry near zero may
+ * need the exact path.
  */
 export const INT_PATH_MAX_REL_ERROR = 5e-2;
-/**
- * Activation rounding relative to the inputs' RMS, per element: at most amax/(2Q) over a block, i.e.
- * (crest factor)/(2Q sqrt 3) as an RMS for inputs whose block crest factor amax/rms is at most 4
- * (uniform inputs: sqrt 3; Gaussian blocks of 128: about 3).
- */
-const ACT_REL_ERROR = { relaxed: 4 / (254 * Math.sqrt(3)), simd: 4 / (65534 * Math.sqrt(3)) } as const;
 
-/** The int8 request's path for a lut layer: the variant's own codebook if fine enough (see above). */
-function intPathFor(relaxedVariant: boolean, data: WasmLayerData): 'relaxed' | 'simd' | 'exact' {
-  if (relaxedVariant && data.relaxedRelError <= INT_PATH_MAX_REL_ERROR) return 'relaxed';
-  return data.simdRelError <= INT_PATH_MAX_REL_ERROR ? 'simd' : 'exact';
+/** Activations are quantized to [-Q, Q] per path: int8, then [-64, 64] so that 2 * 64 * 255 <= 32767, then int16. */
+export const ACT_QMAX = { relaxed7: 127, relaxed8: 64, simd: 32767 } as const;
+/** Each path's stored code is code + offset (the relaxed dot's unsigned operand); act_quant's corr takes offset * sum(q) back. */
+const ACT_OFFSET = { relaxed7: 64, relaxed8: 128, simd: 0 } as const;
+
+/**
+ * alpha(Q): activation rounding relative to the inputs' RMS, per element: at most amax/(2Q) over a
+ * block, i.e. (crest factor)/(2Q sqrt 3) as an RMS for inputs whose block crest factor amax/rms is at
+ * most 4 (uniform inputs: sqrt 3; Gaussian blocks of 128: about 3).
+ */
+export function activationRelError(qmax: number): number {
+  return 4 / (2 * qmax * Math.sqrt(3));
 }
 
 /**
- * The int8 path's relative error bound (Frobenius, for inputs with independent zero-mean entries): the
- * codebook error e_j <= rho |T_j| gives E(sum_k s_k e_k x_k)^2 <= rho^2 E(sum_k s_k T_k x_k)^2 per output,
- * whatever the weights, and the activation rounding adds alpha (1 + rho) on the codebook's weights.
+ * A path's relative error bound (Frobenius, for inputs with independent zero-mean entries): the codebook
+ * error e_j <= rho |T_j| gives E(sum_k s_k e_k x_k)^2 <= rho^2 E(sum_k s_k T_k x_k)^2 per output, whatever
+ * the weights, and the activation rounding adds alpha(Q) (1 + rho) on the codebook's weights.
  */
+export function intPathBound(rho: number, qmax: number): number {
+  return rho + activationRelError(qmax) * (1 + rho);
+}
+
+/** The variant's budget: the bound of its finest fast path at rho = INT_PATH_MAX_REL_ERROR (0.0595 relaxed, 0.0500 SIMD128). */
+function intPathBudget(relaxedVariant: boolean): number {
+  return intPathBound(INT_PATH_MAX_REL_ERROR, relaxedVariant ? ACT_QMAX.relaxed7 : ACT_QMAX.simd);
+}
+
+/**
+ * The int8 request's path for a lut layer: of the relaxed kernels' two codebooks (7-bit with Q = 127,
+ * 8-bit with Q = 64 where core.relaxed8) the one with the smaller bound, then the SIMD128 kernels
+ * (8-bit codes, Q = 32767), then the exact path; each only if its bound is within intPathBudget.
+ */
+function intPathFor(core: Core, cbs: NonNullable<WasmLayerData['codebooks']>): WasmIntPath {
+  const budget = intPathBudget(core.variant.relaxed);
+  const bound = (p: Exclude<WasmIntPath, 'exact'>) => intPathBound(cbs[p].relError, ACT_QMAX[p]);
+  if (core.variant.relaxed) {
+    const fast = core.relaxed8 && bound('relaxed8') < bound('relaxed7') ? 'relaxed8' : 'relaxed7';
+    if (bound(fast) <= budget) return fast;
+  }
+  return bound('simd') <= budget ? 'simd' : 'exact';
+}
+
+/** The int8 path's stated relative tolerance: every path a layer may take has its bound within intPathBudget. */
 export function intPathTolerance(relaxedVariant: boolean): number {
-  const rho = INT_PATH_MAX_REL_ERROR;
-  return Math.ceil((rho + ACT_REL_ERROR[relaxedVariant ? 'relaxed' : 'simd'] * (1 + rho)) * 1000) / 1000;
+  return Math.ceil(intPathBudget(relaxedVariant) * 1000) / 1000;
 }
 
+/** Largest multiple of 32 that divides gp and is <= max (gp is a multiple of 32). */
 function activationBlock(gp: number, max: number): number {
   for (let b = Math.min(gp, max); b >= CHUNK; b -= CHUNK) if (gp % b === 0) return b;
   return CHUNK;
@@ -557,19 +670,25 @@ function selfCheck(be: WasmBackend): void {
     const scales = Float32Array.from({ length: n * G }, () => Math.fround(0.5 + rand()));
     return { kind: 'quantized', n, k, bits, groupSize: g, tableKind: 'custom', table, scaleDtype: 'f32', scales, packed };
   };
-  const cases: { layer: Linear; m: number; act: WasmActivations }[] = [];
+  const cases: { layer: Linear; m: number; act: WasmActivations; x?: Float32Array }[] = [];
   for (const bits of [2, 3, 4]) {
     for (const act of ['f32', 'int8'] as const) {
       cases.push({ layer: quantized(bits, 9, 200, 64), m: 5, act });
       cases.push({ layer: quantized(bits, 12, 96, 32), m: 1, act });
     }
   }
-  // IQ4_NL's table: too coarse for the 7-bit codebook, so on a relaxed variant this runs the wide kernels.
+  // IQ4_NL's table: too coarse for the 7-bit codebook, so on a relaxed variant this runs the 8-bit codes
+  // (relaxed8) or the wide kernels.
   cases.push({ layer: quantized(4, 9, 200, 64, IQ4NL_VALUES), m: 5, act: 'int8' });
+  // 8-bit codes at both ends (stored 0 and 255) against activations at +-amax (q = +-Q): the pair sums
+  // at their largest, 2 * 64 * 255, in rows 0 and 1.
+  const ends = [-128, 127, 1, -1, 0, 64, -64, 100, -100, 3, -3, 50, -50, 120, -120, 7];
+  const pm = Float32Array.from({ length: 3 * 256 }, (_, i) => (i < 256 ? 1 : i < 512 ? -1 : rand() * 2 - 1));
+  cases.push({ layer: quantized(4, 12, 256, 64, ends), m: 3, act: 'int8', x: pm });
   cases.push({ layer: quantized(5, 5, 70, 16), m: 2, act: 'f32' });
   cases.push({ layer: { kind: 'dense', n: 7, k: 37, weight: randn(7 * 37) }, m: 5, act: 'f32' });
-  for (const { layer, m, act } of cases) {
-    const x = randn(m * layer.k);
+  for (const { layer, m, act, x: given } of cases) {
+    const x = given ?? randn(m * layer.k);
     const p = be.prepare(layer);
     let y: Float32Array;
     try {
@@ -643,6 +762,8 @@ export async function createWasmBackend(opts: WasmBackendOptions = {}): Promise<
   }
   const shared = caps.threads;
 
+  const relaxed8Opt = opts.relaxed8 ?? 'auto';
+  checkOption(relaxed8Opt === 'auto' || typeof relaxed8Opt === 'boolean', 'wasm relaxed8', '"auto", true or false', relaxed8Opt);
   const dotOpt = opts.relaxedDot ?? 'auto';
   checkOption(dotOpt === 'auto' || dotOpt === 'fused' || dotOpt === 'split', 'wasm relaxedDot', '"auto", "fused" or "split"', dotOpt);
   const variants: KernelVariant[] = [];
@@ -654,11 +775,27 @@ export async function createWasmBackend(opts: WasmBackendOptions = {}): Promise<
   for (const v of variants) {
     let core: Core | null = null;
     try {
-      core = await Core.create(v, shared, opts);
-      const name = v.relaxed ? `SIMD128 + relaxed SIMD (${v.dot} dot${caps.relaxedViaFlag ? ', V8 flag' : ''})` : 'SIMD128';
-      const desc = `${name}, ${threads} thread${threads > 1 ? 's' : ''}, ${activations === 'int8' ? `int${v.relaxed ? 8 : 16} activations` : 'exact f32'} by default`;
-      const be = new WasmBackend(core, [desc, ...notes].join('; '), activations, actBlockMax);
-      selfCheck(be);
+      const c = (core = await Core.create(v, shared, opts));
+      const extra: string[] = [];
+      let dot8 = v.relaxed && relaxed8Opt !== false && probeRelaxedDot8(c);
+      if (v.relaxed && relaxed8Opt === true && !dot8) extra.push("8-bit codes on the relaxed dot requested but this engine's relaxed dot is not exact for them");
+      const make = () => {
+        c.relaxed8 = dot8;
+        const name = v.relaxed ? `SIMD128 + relaxed SIMD (${v.dot} dot${dot8 ? ', 8-bit codes' : ''}${caps.relaxedViaFlag ? ', V8 flag' : ''})` : 'SIMD128';
+        const desc = `${name}, ${threads} thread${threads > 1 ? 's' : ''}, ${activations === 'int8' ? `int${v.relaxed ? 8 : 16} activations` : 'exact f32'} by default`;
+        return new WasmBackend(c, [desc, ...notes, ...extra].join('; '), activations, actBlockMax);
+      };
+      let be = make();
+      try {
+        selfCheck(be);
+      } catch (e) {
+        if (!dot8) throw e;
+        // the probe passed but the kernels disagree: keep the relaxed kernels without 8-bit codes
+        extra.push(`8-bit codes on the relaxed dot failed the self-check (${(e as Error).message})`);
+        dot8 = false;
+        be = make();
+        selfCheck(be);
+      }
       await core.startThreads(threads, opts.barrierTimeoutMs);
       return be;
     } catch (e) {

@@ -16,7 +16,7 @@
 //   b=2: 2 x v128, byte i of v128 v = sum_s IV_4v+s[i] << 2s                          (32 B)
 //   b=1: stored as b=2 (table padded with zeros), so it takes the 2-bit kernels.
 // Scales are [rowQuad][group][4] f32 (one v128 per quad and group); the table travels as four byte
-// planes (exact path, `pshufb`-style f32 gather) and as a 16-byte integer codebook (int8 paths).
+// planes (exact path, `pshufb`-style f32 gather) and as 16-byte integer codebooks (int8 paths).
 
 import { FluteError } from '../../errors.js';
 import { groupsPerRow, type DenseLinear, type Linear, type QuantizedLinear } from '../../quant/linear.js';
@@ -105,8 +105,16 @@ export function buildCodebook(table: Float32Array, lo: number, hi: number): Code
 
 /** Relaxed-dot codebook: codes in [-64, 63] stored as unsigned 7-bit code + 64 (kernels.md 2.6). */
 export const RELAXED_CODE_RANGE = [-64, 63] as const;
+/**
+ * Relaxed-dot 8-bit codebook: codes in [-128, 127] stored as code + 128 in [0, 255], for engines whose
+ * relaxed dot reads its second operand as unsigned 8-bit (x64's pmaddubsw / vpdpbusd; index.ts probes
+ * it), with activations in [-64, 64] so that no i16 pair sum saturates: 2 * 64 * 255 = 32640 <= 32767.
+ */
+export const RELAXED8_CODE_RANGE = [-128, 127] as const;
 /** SIMD128 (i16 dot) codebook: signed codes in [-127, 127]. */
 export const SIMD_CODE_RANGE = [-127, 127] as const;
+/** Bytes of a lut layer's table block: f32 byte planes [64], then the 7-bit, SIMD128 and 8-bit relaxed codebooks [16] each. */
+export const LUT_TABLE_BYTES = 64 + 3 * 16;
 
 // ---------------------------------------------------------------------------------------------
 // Restructured layers
@@ -127,6 +135,7 @@ export interface LutLayout {
   readonly planes: Uint8Array; // [4][16] byte p of the f32 table entry e at p*16+e
   readonly relaxedCodebook: Codebook; // codes in [-64, 63]
   readonly simdCodebook: Codebook; // codes in [-127, 127]
+  readonly relaxed8Codebook: Codebook; // codes in [-128, 127]
 }
 
 export interface GenericLayout {
@@ -166,7 +175,7 @@ export function layoutBytes(layer: Linear): number {
   if (kind === 'generic') return layer.n * layer.k + layer.n * G * 4 + 1024;
   const lb = layer.bits === 1 ? 2 : (layer.bits as 2 | 3 | 4);
   const gp = roundUp(layer.groupSize, CHUNK);
-  return nq * G * (gp / CHUNK) * chunkBytes(lb) + nq * G * 16 + 64 + 16;
+  return nq * G * (gp / CHUNK) * chunkBytes(lb) + nq * G * 16 + LUT_TABLE_BYTES;
 }
 
 /** Restructures a canonical layer into this backend's layout (pure; see the header for the format). */
@@ -269,6 +278,7 @@ function packLut(layer: QuantizedLinear): LutLayout {
     planes,
     relaxedCodebook: buildCodebook(table16, RELAXED_CODE_RANGE[0], RELAXED_CODE_RANGE[1]),
     simdCodebook: buildCodebook(table16, SIMD_CODE_RANGE[0], SIMD_CODE_RANGE[1]),
+    relaxed8Codebook: buildCodebook(table16, RELAXED8_CODE_RANGE[0], RELAXED8_CODE_RANGE[1]),
   };
 }
 
