@@ -9,6 +9,8 @@ import { FluteError } from '../src/errors.js';
 import { openLlama2c } from '../src/format/llama2c.js';
 import type { TensorReader } from '../src/format/tensors.js';
 import { createRefBackend } from '../src/kernels/ref/index.js';
+import { createBackend } from '../src/kernels/registry.js';
+import type { KernelBackend } from '../src/kernels/types.js';
 import type { LlamaConfig } from '../src/model/config.js';
 import { createGenerationStats, generate, type GenerateOptions } from '../src/model/generate.js';
 import { LlamaModel, type LlamaModelOptions } from '../src/model/llama.js';
@@ -188,8 +190,8 @@ test('a backend that cannot run a layer is reported by tensor name, and what it 
     release: () => { released++; },
   };
   assert.throws(() => new LlamaModel(config, weights, picky), isCode('E_BACKEND', 'model.layers.0.mlp.gate_proj.weight: no SwiGLU today'));
-  assert.equal(prepared, 4); // q, k, v, o of layer 0
-  assert.equal(released, 4);
+  assert.equal(prepared, 2); // layer 0's q, k and v stacked into one, and o
+  assert.equal(released, 2);
 });
 
 test('generate stops at EOS, at maxTokens and at the end of the context', async () => {
@@ -259,6 +261,34 @@ test('loadLlamaWeights: missing or misshapen tensors give E_NOT_FOUND / E_SHAPE 
   // A quantized layer of the wrong shape is refused too.
   const wrong = quantizeRtn(new Float32Array(64 * 64), 64, 64, { bits: 4, groupSize: 32, tableKind: 'nf' }).layer;
   await assert.rejects(loadLlamaWeights(reader, config, (n) => (n === name ? wrong : undefined)), isCode('E_SHAPE', name));
+});
+
+test('stacked q/k/v and gate/up projections give the separate matmuls\' logits bit for bit (ref f32, wasm NF4 int8)', async () => {
+  const nf4 = await loadLlamaWeights(reader, config, async (n) => {
+    if (!reader.has(n)) return undefined;
+    const [rows, cols] = reader.info(n).shape;
+    return quantizeRtn(await reader.readF32(n), rows, cols, { bits: 4, groupSize: 32, tableKind: 'nf' }, n).layer;
+  });
+  const qkvRows = (config.nHeads + 2 * config.nKvHeads) * config.headDim;
+  const stackedRows = new Set([qkvRows, 2 * config.hiddenDim]);
+  assert.equal([config.dim, config.hiddenDim, config.vocabSize, config.nKvHeads * config.headDim].some((n) => stackedRows.has(n)), false, 'stacked shapes must be unlike any single layer');
+  const wasm = await createBackend('wasm', { threads: 1 });
+  try {
+    const ids = tokenizer.encode('Once upon a time, there was a little girl', { bos: true, eos: false });
+    for (const [be, w] of [[backend, weights], [wasm, nf4]] as const) {
+      const seen: number[] = [];
+      const counting: KernelBackend = Object.assign(Object.create(be) as KernelBackend, { prepare: (l: Linear) => (seen.push(l.n), be.prepare(l)) });
+      // refusing the stacked shapes makes the model run the parts one by one
+      const unstacked: KernelBackend = Object.assign(Object.create(be) as KernelBackend, { unsupported: (l: Linear) => (stackedRows.has(l.n) ? 'no stacks' : be.unsupported(l)) });
+      const stacked = new LlamaModel(config, w, counting).forward(ids, 0, { allLogits: true }).slice();
+      assert.equal(seen.filter((n) => stackedRows.has(n)).length, 2 * config.nLayers, `${be.name}: every layer stacks q/k/v and gate/up`);
+      const separate = new LlamaModel(config, w, unstacked).forward(ids, 0, { allLogits: true });
+      assert.equal(stacked.length, separate.length);
+      for (let i = 0; i < separate.length; i++) if (!Object.is(stacked[i], separate[i])) assert.fail(`${be.name}: logit ${i}: ${stacked[i]} stacked vs ${separate[i]} separate`);
+    }
+  } finally {
+    wasm.dispose();
+  }
 });
 
 test('quantized layers from the hook run through the same forward (8-bit RTN stays close to fp32)', async () => {

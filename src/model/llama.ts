@@ -4,7 +4,7 @@
 
 import { FluteError } from '../errors.js';
 import type { KernelBackend, MatmulOptions, PreparedLinear } from '../kernels/types.js';
-import type { ComputeType, Linear } from '../quant/linear.js';
+import { stackRows, type ComputeType, type Linear } from '../quant/linear.js';
 import type { LlamaConfig, RopeScaling } from './config.js';
 import { LAYER_LINEARS, type LlamaWeights } from './weights.js';
 
@@ -22,16 +22,20 @@ export interface ForwardOptions {
   readonly allLogits?: boolean;
 }
 
+/**
+ * Projections of one input: [W_0; W_1; ...] stacked into one linear (quant/linear.ts stackRows: one
+ * matmul, one activation quantization and one thread dispatch instead of several), or the parts one
+ * by one when their formats differ.
+ */
+type Projections = readonly PreparedLinear[]; // [stacked] or [part 0, part 1, ...]
+
 interface PreparedLayer {
   readonly attnNorm: Float32Array; // [dim]
-  readonly wq: PreparedLinear; // [qDim, dim]
-  readonly wk: PreparedLinear; // [kvDim, dim]
-  readonly wv: PreparedLinear; // [kvDim, dim]
+  readonly qkv: Projections; // wq [qDim, dim], wk [kvDim, dim], wv [kvDim, dim]
   readonly wo: PreparedLinear; // [dim, qDim]
   readonly ffnNorm: Float32Array; // [dim]
-  readonly w1: PreparedLinear; // [hiddenDim, dim] gate
+  readonly gateUp: Projections; // w1 [hiddenDim, dim] gate, w3 [hiddenDim, dim] up
   readonly w2: PreparedLinear; // [dim, hiddenDim] down
-  readonly w3: PreparedLinear; // [hiddenDim, dim] up
   readonly bq?: Float32Array; // [qDim] q/k/v biases (config.qkvBias)
   readonly bk?: Float32Array; // [kvDim]
   readonly bv?: Float32Array; // [kvDim]
@@ -56,7 +60,9 @@ class RunState {
   readonly proj: Float32Array; // [B, dim] o_proj / down_proj output, before the residual add
   readonly hb: Float32Array; // [B, hiddenDim] gate, then silu(gate) * up
   readonly hb2: Float32Array; // [B, hiddenDim] up
+  readonly stacked: Float32Array; // [B, max(qDim + 2 kvDim, 2 hiddenDim)] output of a stacked projection
   readonly scores: Float64Array; // [seqLen] one head's attention scores
+  readonly headAcc: Float64Array; // [headDim] one head's weighted value sum
   readonly logits: Float32Array; // [B, vocab]
   readonly keyCache: Float32Array; // [nLayers, seqLen, kvDim]
   readonly valueCache: Float32Array; // [nLayers, seqLen, kvDim]
@@ -76,7 +82,9 @@ class RunState {
     this.proj = new Float32Array(batch * c.dim);
     this.hb = new Float32Array(batch * c.hiddenDim);
     this.hb2 = new Float32Array(batch * c.hiddenDim);
+    this.stacked = new Float32Array(batch * Math.max(qDim + 2 * kvDim, 2 * c.hiddenDim));
     this.scores = new Float64Array(seqLen);
+    this.headAcc = new Float64Array(c.headDim);
     this.logits = new Float32Array(batch * c.vocabSize);
     this.keyCache = new Float32Array(c.nLayers * seqLen * kvDim);
     this.valueCache = new Float32Array(c.nLayers * seqLen * kvDim);
@@ -139,8 +147,17 @@ export class LlamaModel {
     };
     try {
       this.layers = weights.layers.map((w, l) => {
-        const p = (key: keyof typeof LAYER_LINEARS) => prepare(w[key], `model.layers.${l}.${LAYER_LINEARS[key]}`);
-        return { attnNorm: w.attnNorm, wq: p('wq'), wk: p('wk'), wv: p('wv'), wo: p('wo'), ffnNorm: w.ffnNorm, w1: p('w1'), w2: p('w2'), w3: p('w3'), bq: w.bq, bk: w.bk, bv: w.bv };
+        const name = (key: keyof typeof LAYER_LINEARS) => `model.layers.${l}.${LAYER_LINEARS[key]}`;
+        const p = (key: keyof typeof LAYER_LINEARS) => prepare(w[key], name(key));
+        const projections = (keys: readonly (keyof typeof LAYER_LINEARS)[]): Projections => {
+          const stacked = stackRows(keys.map((k) => w[k]));
+          // a part the backend cannot run is reported by its own name (below); a stack too big for
+          // the backend's limits runs as its parts
+          const fits = stacked !== null && backend.unsupported(stacked) === null && keys.every((k) => backend.unsupported(w[k]) === null);
+          if (fits) return [prepare(stacked, keys.map(name).join(' + '))];
+          return keys.map(p);
+        };
+        return { attnNorm: w.attnNorm, qkv: projections(['wq', 'wk', 'wv']), wo: p('wo'), ffnNorm: w.ffnNorm, gateUp: projections(['w1', 'w3']), w2: p('w2'), bq: w.bq, bk: w.bk, bv: w.bv };
       });
       this.output = prepare(weights.output, 'lm_head.weight');
     } catch (e) {
@@ -229,9 +246,7 @@ export class LlamaModel {
 
       // Attention RMSNorm (input_layernorm), then q/k/v projections: [m, dim] -> [m, qDim], [m, kvDim] x2
       rmsnorm(s.xb, s.x, L.attnNorm, m, dim, c.normEps);
-      this.backend.matmul(L.wq, v.xb, m, s.q, mm);
-      this.backend.matmul(L.wk, v.xb, m, s.k, mm);
-      this.backend.matmul(L.wv, v.xb, m, s.v, mm);
+      this.project(L.qkv, v.xb, m, [s.q, s.k, s.v], [qDim, kvDim, kvDim]);
       // Qwen2's q/k/v biases (self_attn.{q,k,v}_proj.bias), before RoPE as in transformers
       if (L.bq && L.bk && L.bv) {
         addBias(s.q, L.bq, m);
@@ -270,11 +285,14 @@ export class LlamaModel {
           }
           let sum = 0;
           for (let t = 0; t <= last; t++) sum += s.scores[t] = Math.exp(s.scores[t] - max);
-          for (let d = 0; d < headDim; d++) {
-            let acc = 0;
-            for (let t = 0; t <= last; t++) acc += s.scores[t] * s.valueCache[kvo + t * kvDim + d];
-            s.att[qo + d] = acc / sum;
+          // t outer, d inner: the cache is read along its rows; each d still sums over t in order
+          const acc = s.headAcc.fill(0);
+          for (let t = 0; t <= last; t++) {
+            const p = s.scores[t];
+            const vo = kvo + t * kvDim;
+            for (let d = 0; d < headDim; d++) acc[d] += p * s.valueCache[vo + d];
           }
+          for (let d = 0; d < headDim; d++) s.att[qo + d] = acc[d] / sum;
         }
       }
 
@@ -284,8 +302,7 @@ export class LlamaModel {
 
       // SwiGLU feed-forward (post_attention_layernorm, mlp): x += W2 (silu(W1 xb) * (W3 xb))
       rmsnorm(s.xb, s.x, L.ffnNorm, m, dim, c.normEps);
-      this.backend.matmul(L.w1, v.xb, m, s.hb, mm);
-      this.backend.matmul(L.w3, v.xb, m, s.hb2, mm);
+      this.project(L.gateUp, v.xb, m, [s.hb, s.hb2], [hiddenDim, hiddenDim]);
       for (let j = 0; j < m * hiddenDim; j++) {
         const g = s.hb[j];
         s.hb[j] = (g / (1 + Math.exp(-g))) * s.hb2[j];
@@ -304,6 +321,24 @@ export class LlamaModel {
     rmsnorm(s.xb, s.x, this.finalNorm, 1, dim, c.normEps, m - 1);
     const one = s.viewsFor(1, c);
     return this.backend.matmul(this.output, one.xb, 1, one.logits, mm);
+  }
+
+  /** outs[j][i, :] = x[i, :] W_j^T (widths[j] columns each) for the m rows of x, from stacked or separate projections. */
+  private project(p: Projections, x: Float32Array, m: number, outs: readonly Float32Array[], widths: readonly number[]): void {
+    const mm = this.mmOpts;
+    if (p.length === outs.length) {
+      p.forEach((lin, j) => this.backend.matmul(lin, x, m, outs[j].subarray(0, m * widths[j]), mm));
+      return;
+    }
+    const total = widths.reduce((a, w) => a + w, 0);
+    const y = this.backend.matmul(p[0], x, m, this.state.stacked.subarray(0, m * total), mm); // [m, total]
+    for (let i = 0; i < m; i++) {
+      let at = i * total;
+      outs.forEach((out, j) => {
+        out.set(y.subarray(at, at + widths[j]), i * widths[j]);
+        at += widths[j];
+      });
+    }
   }
 
   /** Rotates each head's pairs of buf[off..] by pos * theta^(-2i/headDim); pairs per config.ropeLayout. */
