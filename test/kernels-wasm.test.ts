@@ -11,7 +11,7 @@ import { buildTable } from '../src/quant/tables.js';
 import { quantizeRtn } from '../src/quant/rtn.js';
 import { createRefBackend } from '../src/kernels/ref/index.js';
 import type { KernelBackend } from '../src/kernels/types.js';
-import { INT_PATH_MAX_REL_ERROR, createWasmBackend, packForWasm, wasmCapabilities, type WasmKernelBackend, type WasmMatmulOptions } from '../src/kernels/wasm/index.js';
+import { INT_PATH_MAX_REL_ERROR, affineOffset, createWasmBackend, packForWasm, wasmCapabilities, type WasmKernelBackend, type WasmMatmulOptions } from '../src/kernels/wasm/index.js';
 import { buildKernelModule } from '../src/kernels/wasm/codegen.js';
 import { FuncBuilder, I32, ModuleBuilder, Op } from '../src/kernels/wasm/encoder.js';
 import { ThreadPool } from '../src/kernels/wasm/threads.js';
@@ -533,6 +533,101 @@ test('wasm threads: larger GEMV/GEMM results do not depend on the thread count',
     for (const act of ['int8', 'f32'] as const) {
       const ys = one.map(({ be }) => guardedMatmul(be, layer, x, m, { activations: act }, `wasm(threads,m=${m},${act})`));
       assert.deepEqual(ys[0], ys[1], `wasm(path=${act},bits=4,g=128,m=${m},n=300,k=512): 1 vs 2 threads`);
+    }
+  }
+});
+
+// ---------------------------------------------------------------------------------------------
+// Specialised integer kernels (codegen lutIntKernel's flat and affine): the same integer sums and the same
+// f32 folds as the general kernels, so the same bits.
+
+/** A layer from explicit indices [n][k], table and scales [n][G]. */
+function layerOf(idx: Uint8Array, n: number, k: number, bits: number, g: number, table: Float32Array, scales: Float32Array): QuantizedLinear {
+  return { kind: 'quantized', n, k, bits, groupSize: g, tableKind: 'custom', table, scaleDtype: 'f32', scales, packed: packIndices(idx, n, k, bits) };
+}
+
+test('wasm int8 path: the flat kernels (g <= 32) give the general kernels\' results bit for bit', async () => {
+  const r = rng(37);
+  // A g = 32 layer whose scales come in equal pairs computes what the g = 64 layer with those scales
+  // computes with 32-wide activation blocks, which that layer runs on the general kernel (2 blocks a group).
+  const general: WasmKernelBackend[] = [await createWasmBackend({ threads: 1, relaxed: false, activationBlock: 32 })];
+  if (caps.relaxed) {
+    general.push(await createWasmBackend({ threads: 1, activationBlock: 32 }));
+    if (general[1].relaxed8) general.push(await createWasmBackend({ threads: 1, activationBlock: 32, relaxed8: false }));
+  }
+  try {
+    const n = 13;
+    const k = 192;
+    const seen = new Set<string>();
+    for (const { label, be } of backends.filter((b) => b.be.threads === 1)) {
+      const gen = general.find((b) => b.relaxed === be.relaxed && b.relaxed8 === be.relaxed8);
+      assert.ok(gen, `${label}: a backend with 32-wide activation blocks`);
+      for (const bits of [1, 2, 3, 4]) {
+        const tables: [string, Float32Array][] = [['nf', buildTable('nf', bits)], ['int', buildTable('int', bits)]];
+        if (bits === 4) tables.push(['iq4nl', buildTable('iq4nl', 4)]);
+        for (const [tname, table] of tables) {
+          const idx = Uint8Array.from({ length: n * k }, () => Math.floor(r() * 2 ** bits));
+          const s64 = Float32Array.from({ length: n * (k / 64) }, () => Math.fround((r() < 0.2 ? -1 : 1) * (0.01 + r())));
+          const s32 = Float32Array.from({ length: n * (k / 32) }, (_, i) => s64[Math.floor(i / 2)]);
+          const flat = be.prepare(layerOf(idx, n, k, bits, 32, table, s32));
+          const gen64 = gen.prepare(layerOf(idx, n, k, bits, 64, table, s64));
+          const path = be.intPath(flat).path;
+          assert.equal(gen.intPath(gen64).path, path, `${label} b=${bits} ${tname}`);
+          seen.add(`${label} ${path}`);
+          for (let m = 1; m <= 5; m++) {
+            const x = randn(r, m * k);
+            const a = be.matmul(flat, x, m, undefined, { activations: 'int8' });
+            const b = gen.matmul(gen64, x, m, undefined, { activations: 'int8' });
+            assert.deepEqual(a, b, `${label} b=${bits} ${tname} [${path}] m=${m}: flat (g=32) vs general (g=64, blocks of 32)`);
+            assert.ok(a.some((v) => v !== 0), `${label} b=${bits} ${tname} m=${m}: a nonzero output`);
+          }
+          be.release(flat);
+          gen.release(gen64);
+        }
+      }
+    }
+    // the SIMD128 kernels everywhere; where relaxed SIMD runs, its 7-bit and (x64 V8) 8-bit paths and its wide kernels
+    assert.ok(seen.has('simd128,threads=1 simd'), [...seen].join(', '));
+    if (backends.some((b) => b.label === 'relaxed,threads=1')) assert.ok(seen.has('relaxed,threads=1 relaxed7'), [...seen].join(', '));
+    if (backends.some((b) => b.be.relaxed8)) assert.ok(seen.has('relaxed,threads=1 relaxed8') && seen.has('relaxedwide,threads=1 simd'), [...seen].join(', '));
+  } finally {
+    general.forEach((b) => b.dispose());
+  }
+});
+
+test('wasm int8 path: the affine kernels (int tables) give the lookup kernels\' results bit for bit', () => {
+  const r = rng(38);
+  const n = 11;
+  const k = 256;
+  for (const bits of [1, 2, 3, 4]) {
+    // the int table as stored (codes = index + c0: the affine kernels) and reversed, with the indices
+    // mapped so that every weight is the same (codes no longer index + c0: the lookup kernels)
+    const table = buildTable('int', bits);
+    const top = 2 ** bits - 1;
+    const reversed = Float32Array.from(table, (_, j) => table[top - j]);
+    const codes = (t: Float32Array) => buildCodebook(t, -64, 63).codes;
+    assert.equal(affineOffset(codes(table), bits), 2 ** (bits - 1), `b=${bits}: int table codes are index - 2^(b-1)`);
+    assert.equal(affineOffset(codes(reversed), bits), undefined, `b=${bits}: reversed table`);
+    for (const g of [32, 64, 128]) {
+      const idx = Uint8Array.from({ length: n * k }, () => Math.floor(r() * 2 ** bits));
+      const scales = Float32Array.from({ length: n * (k / g) }, () => Math.fround(0.01 + r()));
+      const a = layerOf(idx, n, k, bits, g, table, scales);
+      const b = layerOf(idx.map((q) => top - q), n, k, bits, g, reversed, scales);
+      assert.deepEqual(dequantize(a), dequantize(b), `b=${bits} g=${g}: the same weights`);
+      for (const { label, be } of backends.filter((x) => x.be.relaxed && x.be.threads === 1)) {
+        const pa = be.prepare(a);
+        const pb = be.prepare(b);
+        assert.equal(be.intPath(pa).path, 'relaxed7', `${label} b=${bits}`);
+        assert.equal(be.intPath(pb).path, 'relaxed7', `${label} b=${bits}`);
+        for (let m = 1; m <= 5; m++) {
+          const x = randn(r, m * k);
+          const ya = be.matmul(pa, x, m, undefined, { activations: 'int8' });
+          const yb = be.matmul(pb, x, m, undefined, { activations: 'int8' });
+          assert.deepEqual(ya, yb, `${label} b=${bits} g=${g} m=${m}: affine vs lookup kernels`);
+        }
+        be.release(pa);
+        be.release(pb);
+      }
     }
   }
 });

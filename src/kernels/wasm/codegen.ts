@@ -9,6 +9,7 @@
 // sizes 1..MT so a decoded weight vector is reused by every row of the tile: GEMV at M=1, a small
 // GEMM for M>1, never M separate GEMVs), then over groups and 32-k chunks, fully unrolled inside a chunk.
 
+import { FluteError } from '../../errors.js';
 import { A, F32, FuncBuilder, I32, ModuleBuilder, Op, S, V128, type MemoryImport } from './encoder.js';
 import { CHUNK } from './layout.js';
 import { CTRL } from './threads.js';
@@ -69,8 +70,32 @@ export const FN = {
   wide2: 8,
   wide3: 9,
   wide4: 10,
+  // The integer kernels specialised for one chunk per group and activation block (g <= 32; lutIntKernel's
+  // `flat`), then the same for the SIMD128 ones of relaxed modules.
+  int2f: 11,
+  int3f: 12,
+  int4f: 13,
+  wide2f: 14,
+  wide3f: 15,
+  wide4f: 16,
+  // Relaxed modules only: the integer kernels for tables whose 7-bit codes are index + c0 (lutIntKernel's
+  // `affine`: 'int' tables, GGUF Q4_0), general and flat.
+  affine2: 17,
+  affine3: 18,
+  affine4: 19,
+  affine2f: 20,
+  affine3f: 21,
+  affine4f: 22,
 } as const;
 export type KernelId = (typeof FN)[keyof typeof FN];
+
+/**
+ * The integer kernel for layout bits `bits` of a family: 'int' (the module's own), 'wide' (a relaxed
+ * module's SIMD128 ones), 'affine' (relaxed, codes = index + c0); the `flat` one where `flat`.
+ */
+export function intKernelId(family: 'int' | 'wide' | 'affine', bits: 2 | 3 | 4, flat: boolean): KernelId {
+  return FN[`${family}${bits}${flat ? 'f' : ''}`];
+}
 
 export interface KernelVariant {
   /** Use relaxed SIMD (relaxed_swizzle, relaxed int8 dot, relaxed_madd). */
@@ -221,8 +246,21 @@ function tiledLoops(f: FuncBuilder, maxTile: number, body: (mt: number, rq: numb
  * out. The two differ only in the table bytes and the activation parameters, not in this code.
  * SIMD128: codes are signed i8 widened to i16, xq is i16; i32x4.dot_i16x8_s on rows {0,1} and {2,3}
  * gives two accumulators per tile row whose even/odd lanes are added at the end of a block.
+ *
+ * `flat`: the kernel for layers whose padded group is one chunk and one activation block (g <= 32:
+ * every GGUF Q4_0 / IQ4_NL layer), where the general kernel's group, block and chunk loops each run
+ * once per 32 k, with their job-block loads, counters and V8's per-iteration stack checks: one loop over
+ * groups, chunk and fold straight-line (unrolling two groups per pass measured no faster).
+ * `affine` (relaxed): for tables whose 7-bit codes are c_j = c0 + j ('int' tables, GGUF Q4_0): u = the
+ * index j itself, no table lookup, corr = -c0 * sum(xq). With u <= 15 an i16 pair sum is at most
+ * 2 * 15 * 127 = 3810, so a chunk's eight are summed in i16 and widened once per chunk, not once per
+ * index vector: about 3.7 instead of 5.5 SIMD ops per index vector at M = 1.
+ * All variants compute the same integers acc - corr and fold them with the same f32 operations in the
+ * same order, so their results are bit-identical (test/kernels-wasm.test.ts checks it).
  */
-function lutIntKernel(v: KernelVariant, bits: 2 | 3 | 4, name = `lut_int${bits}`): FuncBuilder {
+function lutIntKernel(v: KernelVariant, bits: 2 | 3 | 4, name: string, opts: { flat?: boolean; affine?: boolean } = {}): FuncBuilder {
+  const { flat = false, affine = false } = opts;
+  if (affine && !v.relaxed) throw new FluteError('E_BACKEND', `wasm codegen: ${name}: the affine integer kernels need the relaxed variant`);
   const f = new FuncBuilder(name, [I32, I32]);
   const masks = makeMasks(f);
   const table = f.local(V128);
@@ -236,6 +274,7 @@ function lutIntKernel(v: KernelVariant, bits: 2 | 3 | 4, name = `lut_int${bits}`
   const s = f.local(I32);
   const x = f.local(I32);
   const p = f.local(I32);
+  const pin = f.local(I32);
   const gi = f.local(I32);
   const bi = f.local(I32);
   const ci = f.local(I32);
@@ -245,9 +284,77 @@ function lutIntKernel(v: KernelVariant, bits: 2 | 3 | 4, name = `lut_int${bits}`
   const eb = v.relaxed ? 1 : 2; // activation element bytes
   const ones16 = f.local(V128);
   f.v128Const([1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0]).set(ones16);
+  // Index vectors between stores of the tile's sums into its own output slot (`pin`; storeTile overwrites
+  // it). TurboFan keeps wasm loads in program order but sinks pure SIMD ops to their uses, so a body's
+  // loads all issue first and their values spill; a store needs its value computed, so each store
+  // keeps the arithmetic up with the loads. Measured (x64, V8 11.3, 1 thread, g = 32 and 128): every
+  // 8 / 4 / 2 / 1 vectors at tiles of 1 / 2 / 3 / 4 rows (none at 1 row in the general kernel, where the
+  // chunk loop does it); the SIMD128 kernels run faster without.
+  const pinEvery = (mt: number) => (!v.relaxed ? 0 : mt === 1 ? (flat ? 8 : 0) : 8 >> (mt - 1));
 
   job(f, J.table);
   f.v128Load(0).set(table);
+
+  /** One chunk's integer sums into accA (and accB); `fresh`: the first chunk of a block sets them instead of adding. */
+  const chunk = (mt: number, fresh: boolean) => {
+    const every = pinEvery(mt);
+    const acc16 = accB; // affine: the chunk's i16 pair sums per tile row
+    emitIndexVectors(f, bits, w, masks, (j) => {
+      if (affine) {
+        // u = the index itself: i16 pair sums of at most 2 * 15 * 127, eight of them still fit i16
+        for (let m = 0; m < mt; m++) {
+          f.get(x).simdMem(S.v128_load32_splat, 2, m * 4).get(iv).simd(S.i16x8_relaxed_dot_i8x16_i7x16_s);
+          if (j > 0) f.get(acc16[m]).simd(S.i16x8_add);
+          f.set(acc16[m]);
+        }
+      } else {
+        const set = fresh && j === 0;
+        // int8 weights for 4 rows x 4 k
+        f.get(table).get(iv).simd(v.relaxed ? S.i8x16_relaxed_swizzle : S.i8x16_swizzle).set(wv);
+        if (v.relaxed) {
+          for (let m = 0; m < mt; m++) relaxedDotInto(f, v, set ? null : accA[m], accA[m], () => f.get(x).simdMem(S.v128_load32_splat, 2, m * 4), wv, ones16);
+        } else {
+          f.get(wv).simd(S.i16x8_extend_low_i8x16_s).set(wlo);
+          f.get(wv).simd(S.i16x8_extend_high_i8x16_s).set(whi);
+          for (let m = 0; m < mt; m++) {
+            f.get(x).simdMem(S.v128_load64_splat, 3, m * 8).set(tmp);
+            if (set) {
+              f.get(wlo).get(tmp).simd(S.i32x4_dot_i16x8_s).set(accA[m]);
+              f.get(whi).get(tmp).simd(S.i32x4_dot_i16x8_s).set(accB[m]);
+            } else {
+              f.get(accA[m]).get(wlo).get(tmp).simd(S.i32x4_dot_i16x8_s).simd(S.i32x4_add).set(accA[m]);
+              f.get(accB[m]).get(whi).get(tmp).simd(S.i32x4_dot_i16x8_s).simd(S.i32x4_add).set(accB[m]);
+            }
+          }
+        }
+      }
+      bump(f, x, 4 * mt * eb);
+      if (every && (j + 1) % every === 0) {
+        for (let m = 0; m < mt; m++) f.get(pin).get(affine ? acc16[m] : accA[m]).v128Store(0);
+      }
+    }, iv);
+    if (affine) {
+      for (let m = 0; m < mt; m++) {
+        if (!fresh) f.get(accA[m]);
+        f.get(acc16[m]).get(ones16).simd(S.i32x4_dot_i16x8_s);
+        if (!fresh) f.simd(S.i32x4_add);
+        f.set(accA[m]);
+      }
+    }
+  };
+  /** Folds a block's sums: tot += f32(acc - corr) * d * s4; advances p. */
+  const fold = (mt: number) => {
+    for (let m = 0; m < mt; m++) {
+      if (v.relaxed) {
+        f.get(accA[m]).get(p).simdMem(S.v128_load32_splat, 2, m * 8 + 4).simd(S.i32x4_sub);
+      } else {
+        f.get(accA[m]).get(accB[m]).shuffle(I32_EVEN).get(accA[m]).get(accB[m]).shuffle(I32_ODD).simd(S.i32x4_add);
+      }
+      f.simd(S.f32x4_convert_i32x4_s).get(p).simdMem(S.v128_load32_splat, 2, m * 8).simd(S.f32x4_mul).set(tmp);
+      fmaInto(f, v, tot[m], () => f.get(tmp), () => f.get(s4));
+    }
+    bump(f, p, 8 * mt);
+  };
 
   tiledLoops(f, MT.int, (mt, rq, m0) => {
     // pointers for this (row quad, tile)
@@ -266,74 +373,72 @@ function lutIntKernel(v: KernelVariant, bits: 2 | 3 | 4, name = `lut_int${bits}`
     job(f, J.p);
     f.get(m0);
     job(f, J.groups);
-    job(f, J.blocks);
-    f.op(Op.i32_mul, Op.i32_mul).i32(8).op(Op.i32_mul, Op.i32_add).set(p);
+    if (!flat) job(f, J.blocks);
+    f.op(...(flat ? [Op.i32_mul] : [Op.i32_mul, Op.i32_mul])).i32(8).op(Op.i32_mul, Op.i32_add).set(p);
+    if (pinEvery(mt)) {
+      job(f, J.y);
+      f.get(m0);
+      job(f, J.yStride);
+      f.op(Op.i32_mul, Op.i32_add).get(rq).i32(16).op(Op.i32_mul, Op.i32_add).set(pin);
+    }
     for (let m = 0; m < mt; m++) f.zero().set(tot[m]);
-
     job(f, J.groups);
     f.set(gi);
-    f.repeat(gi, () => {
-      f.get(s).v128Load(0).set(s4);
-      bump(f, s, 16);
-      job(f, J.blocks);
-      f.set(bi);
-      f.repeat(bi, () => {
-        for (let m = 0; m < mt; m++) {
-          f.zero().set(accA[m]);
-          if (!v.relaxed) f.zero().set(accB[m]);
-        }
-        job(f, J.inner);
-        f.set(ci);
-        f.repeat(ci, () => {
-          emitIndexVectors(f, bits, w, masks, (j) => {
-            // int8 weights for 4 rows x 4 k
-            f.get(table).get(iv).simd(v.relaxed ? S.i8x16_relaxed_swizzle : S.i8x16_swizzle).set(wv);
-            if (v.relaxed) {
-              for (let m = 0; m < mt; m++) relaxedDotInto(f, v, accA[m], () => f.get(x).simdMem(S.v128_load32_splat, 2, m * 4), wv, ones16);
-            } else {
-              f.get(wv).simd(S.i16x8_extend_low_i8x16_s).set(wlo);
-              f.get(wv).simd(S.i16x8_extend_high_i8x16_s).set(whi);
-              for (let m = 0; m < mt; m++) {
-                f.get(x).simdMem(S.v128_load64_splat, 3, m * 8).set(tmp);
-                f.get(accA[m]).get(wlo).get(tmp).simd(S.i32x4_dot_i16x8_s).simd(S.i32x4_add).set(accA[m]);
-                f.get(accB[m]).get(whi).get(tmp).simd(S.i32x4_dot_i16x8_s).simd(S.i32x4_add).set(accB[m]);
-              }
-            }
-            bump(f, x, 4 * mt * eb);
-          }, iv);
-        });
-        // fold the block: tot += f32(acc - corr) * d * s4
-        for (let m = 0; m < mt; m++) {
-          if (v.relaxed) {
-            f.get(accA[m]).get(p).simdMem(S.v128_load32_splat, 2, m * 8 + 4).simd(S.i32x4_sub);
-          } else {
-            f.get(accA[m]).get(accB[m]).shuffle(I32_EVEN).get(accA[m]).get(accB[m]).shuffle(I32_ODD).simd(S.i32x4_add);
-          }
-          f.simd(S.f32x4_convert_i32x4_s).get(p).simdMem(S.v128_load32_splat, 2, m * 8).simd(S.f32x4_mul).set(tmp);
-          fmaInto(f, v, tot[m], () => f.get(tmp), () => f.get(s4));
-        }
-        bump(f, p, 8 * mt);
+    if (flat) {
+      f.repeat(gi, () => {
+        chunk(mt, true);
+        f.get(s).v128Load(0).set(s4);
+        bump(f, s, 16);
+        fold(mt);
       });
-    });
+    } else {
+      f.repeat(gi, () => {
+        f.get(s).v128Load(0).set(s4);
+        bump(f, s, 16);
+        job(f, J.blocks);
+        f.set(bi);
+        f.repeat(bi, () => {
+          for (let m = 0; m < mt; m++) {
+            if (!affine) f.zero().set(accA[m]);
+            if (!v.relaxed) f.zero().set(accB[m]);
+          }
+          job(f, J.inner);
+          f.set(ci);
+          if (affine) {
+            // the first chunk sets the block's sums, the others add to them
+            chunk(mt, true);
+            f.get(ci).i32(1).op(Op.i32_sub).set(ci);
+          }
+          f.repeat(ci, () => chunk(mt, false));
+          fold(mt);
+        });
+      });
+    }
     storeTile(f, mt, rq, m0, tot);
   });
   return f;
 }
 
 /**
- * acc = acc + relaxed_dot(a, b) (i32x4: lane r = sum of bytes 4r..4r+3 of a times b), in the variant's
- * form; a (signed i8) pushed by `pushA`, b (the codes) in local `b`, `ones16` holds i16x8 ones. Shared by
- * the kernels and probe_dot, so the probe measures exactly the instructions the kernels run.
+ * out = acc + relaxed_dot(a, b) (i32x4: lane r = sum of bytes 4r..4r+3 of a times b), in the variant's
+ * form; acc null: out = relaxed_dot(a, b) (the split form then skips the add; the fused form adds a zero
+ * vector). a (signed i8) pushed by `pushA`, b (the codes) in local `b`, `ones16` holds i16x8 ones. Shared
+ * by the kernels and probe_dot, so the probe measures exactly the instructions the kernels run.
  */
-function relaxedDotInto(f: FuncBuilder, v: KernelVariant, acc: number, pushA: () => void, b: number, ones16: number): void {
+function relaxedDotInto(f: FuncBuilder, v: KernelVariant, acc: number | null, out: number, pushA: () => void, b: number, ones16: number): void {
   if (v.dot === 'split') {
-    f.get(acc);
+    if (acc !== null) f.get(acc);
     pushA();
     // pairwise widening by pmaddwd with a ones register (extadd_pairwise reloads a constant each time)
-    f.get(b).simd(S.i16x8_relaxed_dot_i8x16_i7x16_s).get(ones16).simd(S.i32x4_dot_i16x8_s).simd(S.i32x4_add).set(acc);
+    f.get(b).simd(S.i16x8_relaxed_dot_i8x16_i7x16_s).get(ones16).simd(S.i32x4_dot_i16x8_s);
+    if (acc !== null) f.simd(S.i32x4_add);
+    f.set(out);
   } else {
     pushA();
-    f.get(b).get(acc).simd(S.i32x4_relaxed_dot_i8x16_i7x16_add_s).set(acc);
+    f.get(b);
+    if (acc !== null) f.get(acc);
+    else f.zero();
+    f.simd(S.i32x4_relaxed_dot_i8x16_i7x16_add_s).set(out);
   }
 }
 
@@ -354,7 +459,7 @@ function probeDotFunction(v: KernelVariant): FuncBuilder {
   f.get(0).v128Load(0).set(a);
   f.get(0).v128Load(16).set(b);
   f.get(0).v128Load(32).set(acc);
-  relaxedDotInto(f, v, acc, () => f.get(a), b, ones16);
+  relaxedDotInto(f, v, acc, acc, () => f.get(a), b, ones16);
   f.get(0).get(acc).v128Store(48);
   return f;
 }
@@ -683,15 +788,21 @@ export function buildKernelModule(v: KernelVariant, shared = true): Uint8Array<A
     [FN.exact2, lutExactKernel(v, 2)],
     [FN.exact3, lutExactKernel(v, 3)],
     [FN.exact4, lutExactKernel(v, 4)],
-    [FN.int2, lutIntKernel(v, 2)],
-    [FN.int3, lutIntKernel(v, 3)],
-    [FN.int4, lutIntKernel(v, 4)],
+    [FN.int2, lutIntKernel(v, 2, 'lut_int2')],
+    [FN.int3, lutIntKernel(v, 3, 'lut_int3')],
+    [FN.int4, lutIntKernel(v, 4, 'lut_int4')],
     [FN.dense, denseKernel(v)],
     [FN.generic, genericKernel()],
   ];
   if (v.relaxed) {
     const simd: KernelVariant = { relaxed: false };
     kernels.push([FN.wide2, lutIntKernel(simd, 2, 'lut_wide2')], [FN.wide3, lutIntKernel(simd, 3, 'lut_wide3')], [FN.wide4, lutIntKernel(simd, 4, 'lut_wide4')]);
+  }
+  for (const b of [2, 3, 4] as const) {
+    kernels.push([intKernelId('int', b, true), lutIntKernel(v, b, `lut_int${b}_flat`, { flat: true })]);
+    if (!v.relaxed) continue;
+    kernels.push([intKernelId('wide', b, true), lutIntKernel({ relaxed: false }, b, `lut_wide${b}_flat`, { flat: true })]);
+    for (const flat of [false, true]) kernels.push([intKernelId('affine', b, flat), lutIntKernel(v, b, `lut_affine${b}${flat ? '_flat' : ''}`, { flat, affine: true })]);
   }
   kernels.sort((a, b) => a[0] - b[0]);
   const index = kernels.map(([, k]) => mb.add(k));
@@ -717,7 +828,7 @@ export function buildKernelModule(v: KernelVariant, shared = true): Uint8Array<A
       work.if(() => work.i32(0).set(lo));
       for (let i = 0; i < index.length; i++) {
         job(work, J.fn);
-        work.i32(i).op(Op.i32_eq).if(() => work.get(lo).get(hi).call(index[i]));
+        work.i32(kernels[i][0]).op(Op.i32_eq).if(() => work.get(lo).get(hi).call(index[i]));
       }
       work.i32(FINISHED_ADDR).get(hi).get(lo).op(Op.i32_sub).atomic(A.i32_atomic_rmw_add, 2, 0).op(Op.drop);
       work.br(0);

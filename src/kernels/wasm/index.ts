@@ -24,6 +24,10 @@
 //         (corr = 128 sum q per block, computed by act_quant) differ from relaxed7;
 //       simd: int16 activations (Q = 32767) x 8-bit codes (c in [-127, 127]) via i32x4.dot_i16x8_s (the
 //         SIMD128 variant's kernels; the 'wide' ones of a relaxed module, 1.6-1.8x relaxed's time at M = 1).
+//     Kernels (codegen lutIntKernel): layers whose groups are one 32-k chunk (g <= 32: GGUF) take the
+//     'flat' ones; relaxed7 layers whose codes are index + c0 ('int' tables: GGUF Q4_0; affineOffset)
+//     the 'affine' ones, which multiply the index itself and sum a chunk in i16 (no lookup; at M = 1
+//     about 1.5x the lookup kernels' speed). Both give the general kernels' results bit for bit.
 //     Per element, with eT = max_j |T_j - t c_j| <= t0/2 (t0 the absmax code step) and
 //     delta = amax_block (1/(2Q) + 4u), u = 2^-24, over B activation blocks along K:
 //       |y - y_ref| <= sum_k |s_k| (eT |x_k| + (|T_k| + eT) delta_k)
@@ -68,7 +72,7 @@ import { IQ4NL_VALUES } from '../../quant/tables.js';
 import { checkMatmulArgs } from '../check.js';
 import type { BackendInfo, KernelBackend, MatmulOptions, PreparedLinear } from '../types.js';
 import { FuncBuilder, ModuleBuilder, S } from './encoder.js';
-import { FN, J, JOB_ADDR, JOB_WORDS, MT, buildKernelModule, type KernelVariant } from './codegen.js';
+import { FN, J, JOB_ADDR, JOB_WORDS, MT, buildKernelModule, intKernelId, type KernelVariant } from './codegen.js';
 import {
   CHUNK,
   LUT_TABLE_BYTES,
@@ -234,6 +238,8 @@ interface WasmLayerData {
   readonly s: number; // scales (0 for dense)
   readonly table: number; // lut: planes [64] + relaxed codes [16] + simd codes [16] + relaxed8 codes [16]; generic: f32[256]
   readonly codebooks?: Record<Exclude<WasmIntPath, 'exact'>, { readonly scale: number; readonly relError: number }>; // lut only
+  /** lut: -c0 where the 7-bit codes are index + c0 (affineOffset), which the relaxed7 path then runs on the affine kernels. */
+  readonly affineOffset?: number;
   released: boolean;
 }
 
@@ -444,6 +450,7 @@ class WasmBackend implements WasmKernelBackend {
         data = {
           layout: 'lut', lut, w, s, table,
           codebooks: { relaxed7: cb(lay.relaxedCodebook), relaxed8: cb(lay.relaxed8Codebook), simd: cb(lay.simdCodebook) },
+          affineOffset: affineOffset(lay.relaxedCodebook.codes, lay.bits),
           released: false,
         };
         bytes = lay.indices.byteLength + lay.scales.byteLength + tb.byteLength;
@@ -523,10 +530,13 @@ class WasmBackend implements WasmKernelBackend {
         const pPtr = core.scratchPtr('p', nb * m * 8);
         padRows(a, x, heap.f32(rows, kp * m));
         const quant = relaxed ? core.kernels.act_quant8 : core.kernels.act_quant16;
-        quant(rows, m, kp, block, MT.int, xPtr, pPtr, ACT_QMAX[path], data.codebooks![path].scale, ACT_OFFSET[path]);
+        // relaxed7 on codes = index + c0 runs the affine kernels: u = index, offset -c0 (same integer sums)
+        const affine = path === 'relaxed7' && data.affineOffset !== undefined;
+        quant(rows, m, kp, block, MT.int, xPtr, pPtr, ACT_QMAX[path], data.codebooks![path].scale, affine ? data.affineOffset! : ACT_OFFSET[path]);
         // the relaxed module's int kernels take relaxed7 and relaxed8; its SIMD128 ones are wide*
-        const wide = !relaxed && core.variant.relaxed;
-        jw[J.fn] = wide ? (lb === 2 ? FN.wide2 : lb === 3 ? FN.wide3 : FN.wide4) : lb === 2 ? FN.int2 : lb === 3 ? FN.int3 : FN.int4;
+        const family = affine ? 'affine' : !relaxed && core.variant.relaxed ? 'wide' : 'int';
+        // groups that are one chunk and one activation block (g <= 32) take the kernels without inner loops
+        jw[J.fn] = intKernelId(family, lb, g.paddedGroup === CHUNK && block === CHUNK);
         jw[J.x] = xPtr;
         jw[J.p] = pPtr;
         jw[J.kp] = kp;
@@ -640,6 +650,17 @@ export function intPathTolerance(relaxedVariant: boolean): number {
   return Math.ceil(intPathBudget(relaxedVariant) * 1000) / 1000;
 }
 
+/**
+ * -c0 where a codebook's codes over a table of 2^bits entries are c_j = c0 + j (the 'int' tables): the
+ * affine kernels multiply the index j itself (at most 15, so eight i16 pair sums of a chunk fit i16 and
+ * need one widening per chunk instead of one per index vector) and act_quant's corr = -c0 * sum(q) turns
+ * sum j q into sum c q, the same integers as code + 64 and corr = 64 sum(q). Else undefined.
+ */
+export function affineOffset(codes: Int8Array, bits: number): number | undefined {
+  for (let j = 1; j < 1 << bits; j++) if (codes[j] !== codes[0] + j) return undefined;
+  return -codes[0];
+}
+
 /** Largest multiple of 32 that divides gp and is <= max (gp is a multiple of 32). */
 function activationBlock(gp: number, max: number): number {
   for (let b = Math.min(gp, max); b >= CHUNK; b -= CHUNK) if (gp % b === 0) return b;
@@ -680,6 +701,10 @@ function selfCheck(be: WasmBackend): void {
   // IQ4_NL's table: too coarse for the 7-bit codebook, so on a relaxed variant this runs the 8-bit codes
   // (relaxed8) or the wide kernels.
   cases.push({ layer: quantized(4, 9, 200, 64, IQ4NL_VALUES), m: 5, act: 'int8' });
+  // integer tables (codes = index + c0): the affine kernels on a relaxed variant, flat (g = 32) and general
+  const intValues = (bits: number) => Array.from({ length: 1 << bits }, (_, i) => i - (1 << (bits - 1)));
+  cases.push({ layer: quantized(4, 9, 160, 32, intValues(4)), m: 5, act: 'int8' });
+  cases.push({ layer: quantized(3, 6, 128, 64, intValues(3)), m: 2, act: 'int8' });
   // 8-bit codes at both ends (stored 0 and 255) against activations at +-amax (q = +-Q): the pair sums
   // at their largest, 2 * 64 * 255, in rows 0 and 1.
   const ends = [-128, 127, 1, -1, 0, 64, -64, 100, -100, 3, -3, 50, -50, 120, -120, 7];
