@@ -1,11 +1,13 @@
 // The LLaMA forward pass (llama2.c run.c `forward`, batched): Config + Weights in, prepared once on a
 // kernel backend; RunState holds the KV cache and scratch, allocated once. Every linear layer is one
-// backend.matmul over the whole batch; everything else is plain loops here. Sampling is elsewhere.
+// backend.matmul over the whole batch; SwiGLU and attention run in cpu-ops.ts (wasm SIMD, JS loops as
+// fallback); the rest is plain loops here. Sampling is elsewhere.
 
 import { FluteError } from '../errors.js';
 import type { KernelBackend, MatmulOptions, PreparedLinear } from '../kernels/types.js';
 import { stackRows, type ComputeType, type Linear } from '../quant/linear.js';
 import type { LlamaConfig, RopeScaling } from './config.js';
+import { CpuOps, attentionJs, swigluJs } from './cpu-ops.js';
 import { LAYER_LINEARS, type LlamaWeights } from './weights.js';
 
 export interface LlamaModelOptions {
@@ -61,8 +63,10 @@ class RunState {
   readonly hb: Float32Array; // [B, hiddenDim] gate, then silu(gate) * up
   readonly hb2: Float32Array; // [B, hiddenDim] up
   readonly stacked: Float32Array; // [B, max(qDim + 2 kvDim, 2 hiddenDim)] output of a stacked projection
-  readonly scores: Float64Array; // [seqLen] one head's attention scores
-  readonly headAcc: Float64Array; // [headDim] one head's weighted value sum
+  readonly scores: Float64Array; // [seqLen] one head's attention scores (JS path)
+  readonly headAcc: Float64Array; // [headDim] one head's weighted value sum (JS path)
+  readonly ops: CpuOps | null; // SIMD SwiGLU and attention over the memory holding the buffers they read
+  readonly scores32: Float32Array; // [seqLen + 4] one head's scores (SIMD path)
   readonly logits: Float32Array; // [B, vocab]
   readonly keyCache: Float32Array; // [nLayers, seqLen, kvDim]
   readonly valueCache: Float32Array; // [nLayers, seqLen, kvDim]
@@ -75,19 +79,20 @@ class RunState {
     const kvDim = c.nKvHeads * c.headDim;
     this.x = new Float32Array(batch * c.dim);
     this.xb = new Float32Array(batch * c.dim);
-    this.q = new Float32Array(batch * qDim);
     this.k = new Float32Array(batch * kvDim);
     this.v = new Float32Array(batch * kvDim);
-    this.att = new Float32Array(batch * qDim);
     this.proj = new Float32Array(batch * c.dim);
-    this.hb = new Float32Array(batch * c.hiddenDim);
-    this.hb2 = new Float32Array(batch * c.hiddenDim);
+    // The buffers the SIMD ops read live in one wasm memory, sized once (null: plain arrays, JS loops)
+    const cacheSize = c.nLayers * seqLen * kvDim;
+    const opSizes = [cacheSize, cacheSize, batch * qDim, batch * qDim, batch * c.hiddenDim, batch * c.hiddenDim, seqLen + 4];
+    const ops = CpuOps.create(opSizes);
+    const mk = ops ? (n: number) => ops.alloc(n) : (n: number) => new Float32Array(n);
+    this.ops = ops;
+    [this.keyCache, this.valueCache, this.q, this.att, this.hb, this.hb2, this.scores32] = opSizes.map(mk);
     this.stacked = new Float32Array(batch * Math.max(qDim + 2 * kvDim, 2 * c.hiddenDim));
     this.scores = new Float64Array(seqLen);
     this.headAcc = new Float64Array(c.headDim);
     this.logits = new Float32Array(batch * c.vocabSize);
-    this.keyCache = new Float32Array(c.nLayers * seqLen * kvDim);
-    this.valueCache = new Float32Array(c.nLayers * seqLen * kvDim);
     // RoPE frequency of pair i is theta^(-2i/headDim) (then scaled, see ropeInvFreq) in both layouts;
     // only which elements pair up differs.
     const half = c.headDim / 2;
@@ -271,28 +276,10 @@ export class LlamaModel {
       const group = nHeads / nKvHeads;
       const scale = 1 / Math.sqrt(headDim);
       for (let i = 0; i < m; i++) {
-        const last = pos0 + i;
-        for (let h = 0; h < nHeads; h++) {
-          const qo = i * qDim + h * headDim;
-          const kvo = cacheBase + Math.floor(h / group) * headDim;
-          let max = -Infinity;
-          for (let t = 0; t <= last; t++) {
-            const ko = kvo + t * kvDim;
-            let dot = 0;
-            for (let d = 0; d < headDim; d++) dot += s.q[qo + d] * s.keyCache[ko + d];
-            s.scores[t] = dot * scale;
-            if (s.scores[t] > max) max = s.scores[t];
-          }
-          let sum = 0;
-          for (let t = 0; t <= last; t++) sum += s.scores[t] = Math.exp(s.scores[t] - max);
-          // t outer, d inner: the cache is read along its rows; each d still sums over t in order
-          const acc = s.headAcc.fill(0);
-          for (let t = 0; t <= last; t++) {
-            const p = s.scores[t];
-            const vo = kvo + t * kvDim;
-            for (let d = 0; d < headDim; d++) acc[d] += p * s.valueCache[vo + d];
-          }
-          for (let d = 0; d < headDim; d++) s.att[qo + d] = acc[d] / sum;
+        if (s.ops && headDim % 4 === 0) {
+          s.ops.attention(s.q, i * qDim, s.keyCache, s.valueCache, cacheBase, s.att, i * qDim, s.scores32, nHeads, group, headDim, kvDim, pos0 + i + 1, scale);
+        } else {
+          attentionJs(s.q, i * qDim, s.keyCache, s.valueCache, cacheBase, s.att, i * qDim, s.scores, s.headAcc, nHeads, group, headDim, kvDim, pos0 + i + 1, scale);
         }
       }
 
@@ -303,10 +290,8 @@ export class LlamaModel {
       // SwiGLU feed-forward (post_attention_layernorm, mlp): x += W2 (silu(W1 xb) * (W3 xb))
       rmsnorm(s.xb, s.x, L.ffnNorm, m, dim, c.normEps);
       this.project(L.gateUp, v.xb, m, [s.hb, s.hb2], [hiddenDim, hiddenDim]);
-      for (let j = 0; j < m * hiddenDim; j++) {
-        const g = s.hb[j];
-        s.hb[j] = (g / (1 + Math.exp(-g))) * s.hb2[j];
-      }
+      if (s.ops) s.ops.swiglu(s.hb, s.hb2, m * hiddenDim);
+      else swigluJs(s.hb, s.hb2, m * hiddenDim);
       this.backend.matmul(L.w2, v.hb, m, s.proj, mm);
       for (let j = 0; j < m * dim; j++) s.x[j] += s.proj[j];
     }
