@@ -19,7 +19,7 @@ import { loadLlamaWeights } from '../src/model/weights.js';
 import { learnScales, MAX_ALL_SEQUENCES, NflTrainer, quantizeModelNfl } from '../src/quant/nfl.js';
 import { quantizeRtn } from '../src/quant/rtn.js';
 import { Llama2cTokenizer } from '../src/tokenizer/llama2c.js';
-import { calibrationSequences, splitEvalCalibration } from '../src/train/data.js';
+import { CALIBRATION_FRACTION, calibrationSequences, splitEvalCalibration } from '../src/train/data.js';
 import { TrainingLlama, trainWeightsFrom } from '../src/train/model.js';
 
 const src = await openModelFile(bundledModelPath());
@@ -40,7 +40,12 @@ test('the TinyStories split keeps whole stories apart: evaluation first, calibra
   const text = readFileSync(bundledEvalTextPath(), 'utf8');
   assert.equal(split.evaluation + '\n\n' + split.calibration, text);
   assert.ok(split.calibration.startsWith('Once upon a time'));
-  assert.ok(split.cut >= 0.8 * text.length && split.cut < 0.81 * text.length, `cut at ${split.cut} of ${text.length}`);
+  const mark = (1 - CALIBRATION_FRACTION) * text.length;
+  assert.ok(split.cut >= mark && split.cut < mark + 0.01 * text.length, `cut at ${split.cut} of ${text.length}`);
+  // The evaluation part holds several times the sweep's default 40 windows of 256 tokens, and the
+  // calibration part more than FLUTE's 128 sequences of 256.
+  assert.ok(evalTokens(tokenizer, split.evaluation).length >= 5 * 40 * 256, 'evaluation part too short');
+  assert.ok(evalTokens(tokenizer, split.calibration).length >= 128 * 256, 'calibration part too short');
 });
 
 test('training forward logits equal LlamaModel.forward on the bundled model, dense and NF3', () => {

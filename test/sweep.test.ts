@@ -100,12 +100,16 @@ test('flute eval --sweep and flute quantize --method nfl run from the command li
     assert.equal(await main(['quantize', '--method', 'nfl', '--bits', '3', '--group-size', '32', '--calib-sequences', '2', '--calib-length', '17', '--out', ck, '--json']), 0);
     assert.equal(await main(['eval', '--sweep', '--calib', bundledEvalTextPath(), '--out', out]), 2, 'calibrating on the scored text is refused');
     assert.equal(await main(['eval', '--out', out]), 2, 'sweep options without --sweep are refused');
+    assert.equal(await main(['eval', '--sweep', '--max-windows', '5000', '--backend', 'ref', '--out', out]), 2, 'more windows than the evaluation part holds are refused');
   } finally {
     console.log = log;
     console.error = error;
   }
   assert.match(errors[0], /E_OPTION: --calib .*this is the scored --text/);
   assert.match(errors[1], /E_OPTION: --out: only with --sweep/);
+  const room = Math.floor(evalTokens(tokenizer, split.evaluation).length / 256);
+  assert.ok(room >= 40 && room < 5000, `${room} windows`);
+  assert.match(errors[2], new RegExp(`E_OPTION: --max-windows 5000: the evaluation part of .* \\(characters 0\\.\\.${split.cut};.* room for ${room} windows of 256`));
   const md = readFileSync(out, 'utf8');
   assert.ok(md.includes(['flute eval', ...['--sweep', '--methods', 'fp32,nf,nfl']].join(' ')));
   assert.equal(JSON.parse(printed[0]).rows.length, 6); // fp32, NF4, NFL4 on two texts

@@ -53,7 +53,8 @@ export const NFL_FLUTE_RECIPE: NflRecipe = { sequences: 128, length: 256, lr: 1e
  * group scale (~0.05) but ~0.04% of a stories260K one (median ~0.28), and there FLUTE's recipe
  * closes 16% of NF3 g32's gap to fp32. Why all the text rather than 128 sequences: a batch-1 gradient
  * of a scale is mostly noise, and on a validation split of the calibration text the extra steps took
- * NF3 g32 from ~49% of the gap closed to ~56%, seed means (QUALITY.md has the trials).
+ * NF3 g32 from ~49% of the gap closed to ~56%, seed means (QUALITY.md has the trials; a larger
+ * calibration part, with 1024 steps, scored worse on the evaluation text).
  */
 export const NFL_DEFAULTS: NflRecipe & { readonly seed: number } = {
   sequences: 'all',

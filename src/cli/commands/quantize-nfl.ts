@@ -23,14 +23,14 @@ export const NFL_OPTIONS: OptionSpec = {
 };
 
 /** Where the default calibration text comes from, in words (help, reports). */
-export const DEFAULT_CALIB_WORDS = `the last ~${CALIBRATION_FRACTION * 100}% of data/tinystories_val_excerpt.txt: the stories from the first "Once upon a time" at or after ${100 - CALIBRATION_FRACTION * 100}% of its characters (flute eval --sweep scores only the part before)`;
+export const DEFAULT_CALIB_WORDS = `the last ~${Math.round(CALIBRATION_FRACTION * 100)}% of data/tinystories_val_excerpt.txt: the stories from the first "Once upon a time" at or after ${Math.round(100 - CALIBRATION_FRACTION * 100)}% of its characters (flute eval --sweep scores only the part before)`;
 
 export const NFL_HELP = `  --method M           rtn | nfl (default rtn). nfl: Learned NormalFloat (FLUTE): one scale per group
                        learned by Adam on the model's next-token loss over calibration text,
                        straight-through past the rounding; the output is an ordinary checkpoint
-  --calib FILE         nfl calibration text, used whole (default: the last ~${CALIBRATION_FRACTION * 100}% of the bundled
+  --calib FILE         nfl calibration text, used whole (default: the last ~${Math.round(CALIBRATION_FRACTION * 100)}% of the bundled
                        data/tinystories_val_excerpt.txt, from the first "Once upon a time" story at or after
-                       ${100 - CALIBRATION_FRACTION * 100}% of its characters; flute eval --sweep scores only the part before it)
+                       ${Math.round(100 - CALIBRATION_FRACTION * 100)}% of its characters; flute eval --sweep scores only the part before it)
   --calib-sequences N  nfl: calibration sequences, or all (default: all the full sequences in the
                        calibration text, at most ${MAX_ALL_SEQUENCES}; 297 in the bundled split)
   --calib-length N     nfl: tokens per sequence (default ${NFL_DEFAULTS.length})
