@@ -3,20 +3,12 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { CpuOps, attentionJs, swigluJs } from '../src/model/cpu-ops.js';
+import { mulberry32 } from '../src/rng.js';
 
 const U = 2 ** -24; // f32 unit roundoff
 
-/** Deterministic uniform [0, 1) (mulberry32) so a failure reproduces. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+/** Deterministic uniform [0, 1) so a failure reproduces. */
+const rng = mulberry32;
 
 function needOps(sizes: number[]): CpuOps | undefined {
   const ops = CpuOps.create(sizes);

@@ -4,11 +4,6 @@
 
 import { F32, FuncBuilder, I32, ModuleBuilder, Op, S, V128 } from '../kernels/wasm/encoder.js';
 
-// SIMD opcodes the encoder's table does not name (WebAssembly SIMD128 numbering).
-const I32X4_SHR_S = 172;
-const F32X4_GE = 70;
-const V128_BITSELECT = 82;
-
 /** silu(gate[j]) * up[j] into gate[j] for j < n (JS spec: f64 arithmetic, stored as f32). */
 export function swigluJs(gate: Float32Array, up: Float32Array, n: number): void {
   for (let j = 0; j < n; j++) {
@@ -71,9 +66,9 @@ function emitExp(f: FuncBuilder, x: number, k: number, r: number, p: number, ki:
   // 2^k1 and 2^k2 as f32 bit patterns (k1 = k >> 1, k2 = k - k1; both in [-75, 65])
   f.get(k).simd(S.i32x4_trunc_sat_f32x4_s).set(ki);
   f.get(p);
-  f.get(ki).i32(1).simd(I32X4_SHR_S).i32(127).simd(S.i32x4_splat).simd(S.i32x4_add).i32(23).simd(S.i32x4_shl);
+  f.get(ki).i32(1).simd(S.i32x4_shr_s).i32(127).simd(S.i32x4_splat).simd(S.i32x4_add).i32(23).simd(S.i32x4_shl);
   f.simd(S.f32x4_mul);
-  f.get(ki).get(ki).i32(1).simd(I32X4_SHR_S).simd(S.i32x4_sub).i32(127).simd(S.i32x4_splat).simd(S.i32x4_add).i32(23).simd(S.i32x4_shl);
+  f.get(ki).get(ki).i32(1).simd(S.i32x4_shr_s).simd(S.i32x4_sub).i32(127).simd(S.i32x4_splat).simd(S.i32x4_add).i32(23).simd(S.i32x4_shl);
   f.simd(S.f32x4_mul);
 }
 
@@ -118,7 +113,7 @@ function buildModule(pages: number): Uint8Array<ArrayBuffer> {
       f.set(e);
       f.get(off);
       f.get(g);
-      f.f32(1).simd(S.f32x4_splat).get(e).get(g).zero().simd(F32X4_GE).simd(V128_BITSELECT).simd(S.f32x4_mul);
+      f.f32(1).simd(S.f32x4_splat).get(e).get(g).zero().simd(S.f32x4_ge).simd(S.v128_bitselect).simd(S.f32x4_mul);
       f.get(e).f32(1).simd(S.f32x4_splat).simd(S.f32x4_add).simd(S.f32x4_div);
       f.get(up).get(i).op(Op.i32_add).v128Load().simd(S.f32x4_mul);
       f.v128Store();
