@@ -56,6 +56,11 @@ test('memory estimate: exact for a dense model, never below what loading holds f
     const held = heldBytes(w);
     const est = estimateModelMemory(q.config, q.quantized, { backend: 'wasm', seqLen: 256 });
     assert.ok(est.weights >= held && est.weights < held * 1.05, `estimate ${est.weights} vs held ${held}`);
+    // LlamaModel stacks the quantized q/k/v and gate/up rows: a copy of exactly those layers' bytes
+    const heldStacked = heldBytes(w.layers.map((l) => [l.wq, l.wk, l.wv, l.w1, l.w3]));
+    assert.ok(est.stacked >= heldStacked && est.stacked < heldStacked * 1.05, `stacked estimate ${est.stacked} vs held ${heldStacked}`);
+    assert.equal(est.total, est.weights + est.backendCopy + est.stacked + est.kvCache + est.scratch);
+    assert.equal(estimateModelMemory(q.config, q.quantized, { backend: 'webgpu', seqLen: 256 }).stacked, 0);
     // ref dequantizes every quantized layer to f32: its copy is N*K*4 per layer.
     const ref = estimateModelMemory(q.config, q.quantized, { backend: 'ref', seqLen: 256 });
     const dequant = [...q.quantized.values()].reduce((a, m) => a + m.shape[0] * m.shape[1] * 4, 0);

@@ -16,7 +16,7 @@ import { createGenerationStats, generate, type GenerateOptions } from '../src/mo
 import { LlamaModel, type LlamaModelOptions } from '../src/model/llama.js';
 import { argmax } from '../src/model/sampler.js';
 import { loadLlamaWeights, type LlamaWeights } from '../src/model/weights.js';
-import type { Linear } from '../src/quant/linear.js';
+import { stackRows, type Linear, type QuantizedLinear } from '../src/quant/linear.js';
 import { quantizeRtn } from '../src/quant/rtn.js';
 import { Llama2cTokenizer } from '../src/tokenizer/llama2c.js';
 import type { Tokenizer } from '../src/tokenizer/types.js';
@@ -190,8 +190,8 @@ test('a backend that cannot run a layer is reported by tensor name, and what it 
     release: () => { released++; },
   };
   assert.throws(() => new LlamaModel(config, weights, picky), isCode('E_BACKEND', 'model.layers.0.mlp.gate_proj.weight: no SwiGLU today'));
-  assert.equal(prepared, 2); // layer 0's q, k and v stacked into one, and o
-  assert.equal(released, 2);
+  assert.equal(prepared, 4); // q, k, v, o of layer 0 (dense layers are not stacked)
+  assert.equal(released, 4);
 });
 
 test('generate stops at EOS, at maxTokens and at the end of the context', async () => {
@@ -263,7 +263,7 @@ test('loadLlamaWeights: missing or misshapen tensors give E_NOT_FOUND / E_SHAPE 
   await assert.rejects(loadLlamaWeights(reader, config, (n) => (n === name ? wrong : undefined)), isCode('E_SHAPE', name));
 });
 
-test('stacked q/k/v and gate/up projections give the separate matmuls\' logits bit for bit (ref f32, wasm NF4 int8)', async () => {
+test('stacked q/k/v and gate/up projections give the separate matmuls\' logits bit for bit (ref, wasm int8; NF4)', async () => {
   const nf4 = await loadLlamaWeights(reader, config, async (n) => {
     if (!reader.has(n)) return undefined;
     const [rows, cols] = reader.info(n).shape;
@@ -275,7 +275,12 @@ test('stacked q/k/v and gate/up projections give the separate matmuls\' logits b
   const wasm = await createBackend('wasm', { threads: 1 });
   try {
     const ids = tokenizer.encode('Once upon a time, there was a little girl', { bos: true, eos: false });
-    for (const [be, w] of [[backend, weights], [wasm, nf4]] as const) {
+    const [d0, q0] = [weights.layers[0], nf4.layers[0]];
+    assert.equal(stackRows([d0.wq, d0.wk, d0.wv]), null, 'dense layers are not stacked');
+    assert.equal(stackRows([q0.wq, d0.wk]), null, 'mixed kinds are not stacked');
+    assert.equal(stackRows([q0.w1, { ...(q0.w3 as QuantizedLinear), groupSize: 64 }]), null, 'other group sizes are not stacked');
+    for (const be of [backend, wasm]) {
+      const w = nf4;
       const seen: number[] = [];
       const counting: KernelBackend = Object.assign(Object.create(be) as KernelBackend, { prepare: (l: Linear) => (seen.push(l.n), be.prepare(l)) });
       // refusing the stacked shapes makes the model run the parts one by one

@@ -16,6 +16,9 @@ export interface MemoryNeed {
   /** What the backend's prepare() adds: ref dequantizes every quantized layer to f32, wasm copies
    * every linear into wasm memory, a GPU backend holds its copy on the device (0 here). */
   readonly backendCopy: number;
+  /** LlamaModel's stacked copies of quantized q/k/v and gate/up (quant/linear.ts stackRows), made
+   * while the separate layers are still held; 0 on a GPU backend, whose model does not stack. */
+  readonly stacked: number;
   readonly kvCache: number;
   readonly scratch: number;
   readonly total: number;
@@ -31,6 +34,9 @@ export interface MemoryBudgetOptions {
   readonly maxMemoryBytes?: number;
 }
 
+/** Linear layers LlamaModel stacks (q/k/v, gate/up) when quantized alike. */
+const STACKED_LAYER = /\.(self_attn\.[qkv]_proj|mlp\.(gate|up)_proj)\.weight$/;
+
 /** The bytes the model needs in memory once loaded on `backend`. */
 export function estimateModelMemory(
   config: LlamaConfig,
@@ -40,6 +46,7 @@ export function estimateModelMemory(
   const backend = opts.backend ?? 'auto';
   let weights = 0;
   let backendCopy = 0;
+  let stacked = 0;
   const specs = llamaTensorSpecs(config);
   // A tied output layer quantized on its own (--quantize-output) is a layer the config's list lacks.
   const listed = new Set(specs.map((s) => s.name));
@@ -51,6 +58,9 @@ export function estimateModelMemory(
       const [n, k] = q.shape;
       const bytes = n * Math.ceil((k * q.bits) / 8) + n * groupsPerRow(k, q.group_size) * 4 + 2 ** q.bits * 4;
       weights += bytes;
+      // LlamaModel's stacked copy of q/k/v and gate/up (quant/linear.ts stackRows), held while the
+      // separate layers still are; the GPU model does not stack
+      if (backend !== 'webgpu' && STACKED_LAYER.test(spec.name)) stacked += bytes;
       if (backend === 'ref') backendCopy += n * k * 4;
       else if (backend !== 'webgpu') backendCopy += bytes;
     } else {
@@ -63,8 +73,9 @@ export function estimateModelMemory(
   const qDim = c.nHeads * c.headDim;
   const batch = opts.maxBatch ?? 64;
   const kvCache = 2 * c.nLayers * opts.seqLen * kvDim * 4;
-  const scratch = batch * (3 * c.dim + 2 * qDim + 2 * kvDim + 2 * c.hiddenDim + c.vocabSize) * 4 + opts.seqLen * (8 + c.headDim * 4);
-  return { weights, backendCopy, kvCache, scratch, total: weights + backendCopy + kvCache + scratch };
+  const stackedOut = Math.max(qDim + 2 * kvDim, 2 * c.hiddenDim); // a stacked projection's output row
+  const scratch = batch * (3 * c.dim + 2 * qDim + 2 * kvDim + 2 * c.hiddenDim + stackedOut + c.vocabSize) * 4 + opts.seqLen * (12 + c.headDim * 4);
+  return { weights, backendCopy, stacked, kvCache, scratch, total: weights + backendCopy + stacked + kvCache + scratch };
 }
 
 /** The memory limit that applies here, and where it comes from; undefined when none is known (browsers). */
@@ -103,6 +114,7 @@ export async function checkMemoryBudget(
     throw new FluteError(
       'E_RESOURCE',
       `${model}: needs about ${gib(need.total)} of memory (weights ${gib(need.weights)}, ${opts.backend ?? 'auto'} backend copy ${gib(need.backendCopy)}, ` +
+        (need.stacked > 0 ? `stacked q/k/v and gate/up ${gib(need.stacked)}, ` : '') +
         `KV cache ${gib(need.kvCache)} for ${opts.seqLen} positions, scratch ${gib(need.scratch)}), more than ${limit.source} of ${gib(limit.bytes)}; ` +
         `use a smaller model, fewer bits, or a shorter context (flute chat --context)`,
     );
