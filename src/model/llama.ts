@@ -8,7 +8,7 @@ import type { KernelBackend, MatmulOptions, PreparedLinear } from '../kernels/ty
 import { stackRows, type ComputeType, type Linear } from '../quant/linear.js';
 import type { LlamaConfig, RopeScaling } from './config.js';
 import { CpuOps, attentionJs, swigluJs } from './cpu-ops.js';
-import { LAYER_LINEARS, type LlamaWeights } from './weights.js';
+import { LAYER_LINEARS, STACKED_PROJECTIONS, type LlamaWeights } from './weights.js';
 
 export interface LlamaModelOptions {
   /** Most tokens per forward chunk: longer inputs run in chunks of this size. Default 64. */
@@ -162,7 +162,8 @@ export class LlamaModel {
           if (fits) return [prepare(stacked, keys.map(name).join(' + '))];
           return keys.map(p);
         };
-        return { attnNorm: w.attnNorm, qkv: projections(['wq', 'wk', 'wv']), wo: p('wo'), ffnNorm: w.ffnNorm, gateUp: projections(['w1', 'w3']), w2: p('w2'), bq: w.bq, bk: w.bk, bv: w.bv };
+        const [qkvKeys, gateUpKeys] = STACKED_PROJECTIONS;
+        return { attnNorm: w.attnNorm, qkv: projections(qkvKeys), wo: p('wo'), ffnNorm: w.ffnNorm, gateUp: projections(gateUpKeys), w2: p('w2'), bq: w.bq, bk: w.bk, bv: w.bv };
       });
       this.output = prepare(weights.output, 'lm_head.weight');
     } catch (e) {

@@ -8,7 +8,7 @@ import { FluteError } from '../errors.js';
 import type { QuantizedLayerMeta } from '../format/checkpoint.js';
 import { groupsPerRow } from '../quant/linear.js';
 import type { LlamaConfig } from './config.js';
-import { llamaTensorSpecs } from './weights.js';
+import { LAYER_LINEARS, STACKED_PROJECTIONS, llamaTensorSpecs } from './weights.js';
 
 export interface MemoryNeed {
   /** The weights as loadLlamaWeights holds them. */
@@ -34,8 +34,8 @@ export interface MemoryBudgetOptions {
   readonly maxMemoryBytes?: number;
 }
 
-/** Linear layers LlamaModel stacks (q/k/v, gate/up) when quantized alike. */
-const STACKED_LAYER = /\.(self_attn\.[qkv]_proj|mlp\.(gate|up)_proj)\.weight$/;
+/** Name endings of the linear layers LlamaModel stacks (q/k/v, gate/up) when quantized alike. */
+const STACKED_SUFFIXES = STACKED_PROJECTIONS.flat().map((key) => '.' + LAYER_LINEARS[key]);
 
 /** The bytes the model needs in memory once loaded on `backend`. */
 export function estimateModelMemory(
@@ -60,7 +60,7 @@ export function estimateModelMemory(
       weights += bytes;
       // LlamaModel's stacked copy of q/k/v and gate/up (quant/linear.ts stackRows), held while the
       // separate layers still are; the GPU model does not stack
-      if (backend !== 'webgpu' && STACKED_LAYER.test(spec.name)) stacked += bytes;
+      if (backend !== 'webgpu' && STACKED_SUFFIXES.some((e) => spec.name.endsWith(e))) stacked += bytes;
       if (backend === 'ref') backendCopy += n * k * 4;
       else if (backend !== 'webgpu') backendCopy += bytes;
     } else {

@@ -43,6 +43,9 @@ export const LAYER_LINEARS: Readonly<Record<LinearKey, string>> = {
   w3: 'mlp.up_proj.weight',
 };
 
+/** Projections of one input that LlamaModel runs as one stacked matmul when quantized alike (quant/linear.ts stackRows). */
+export const STACKED_PROJECTIONS: readonly (readonly LinearKey[])[] = [['wq', 'wk', 'wv'], ['w1', 'w3']];
+
 export interface TensorSpec {
   readonly name: string;
   readonly shape: readonly number[];
