@@ -66,6 +66,7 @@ class RunState {
   readonly scores: Float64Array; // [seqLen] one head's attention scores (JS path)
   readonly headAcc: Float64Array; // [headDim] one head's weighted value sum (JS path)
   readonly ops: CpuOps | null; // SIMD SwiGLU and attention over the memory holding the buffers they read
+  readonly opsAttention: CpuOps | null; // ops, where headDim suits the SIMD attention (a multiple of 4)
   readonly scores32: Float32Array; // [seqLen + 4] one head's scores (SIMD path)
   readonly logits: Float32Array; // [B, vocab]
   readonly keyCache: Float32Array; // [nLayers, seqLen, kvDim]
@@ -88,6 +89,7 @@ class RunState {
     const ops = CpuOps.create(opSizes);
     const mk = ops ? (n: number) => ops.alloc(n) : (n: number) => new Float32Array(n);
     this.ops = ops;
+    this.opsAttention = c.headDim % 4 === 0 ? ops : null;
     [this.keyCache, this.valueCache, this.q, this.att, this.hb, this.hb2, this.scores32] = opSizes.map(mk);
     this.stacked = new Float32Array(batch * Math.max(qDim + 2 * kvDim, 2 * c.hiddenDim));
     this.scores = new Float64Array(seqLen);
@@ -277,8 +279,8 @@ export class LlamaModel {
       const group = nHeads / nKvHeads;
       const scale = 1 / Math.sqrt(headDim);
       for (let i = 0; i < m; i++) {
-        if (s.ops && headDim % 4 === 0) {
-          s.ops.attention(s.q, i * qDim, s.keyCache, s.valueCache, cacheBase, s.att, i * qDim, s.scores32, nHeads, group, headDim, kvDim, pos0 + i + 1, scale);
+        if (s.opsAttention) {
+          s.opsAttention.attention(s.q, i * qDim, s.keyCache, s.valueCache, cacheBase, s.att, i * qDim, s.scores32, nHeads, group, headDim, kvDim, pos0 + i + 1, scale);
         } else {
           attentionJs(s.q, i * qDim, s.keyCache, s.valueCache, cacheBase, s.att, i * qDim, s.scores, s.headAcc, nHeads, group, headDim, kvDim, pos0 + i + 1, scale);
         }
