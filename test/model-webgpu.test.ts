@@ -152,8 +152,10 @@ for (const kind of ['dense', 'w4'] as const) {
 gpuTest('stories260K on WebGPU: generate() text and perplexity() equal the reference', async (b) => {
   const { config, dense } = stories!;
   const cpu = new LlamaModel(config, dense, ref, { maxBatch: 16, seqLen: 128 });
-  const dev = await GpuLlamaModel.create(config, dense, b, { maxBatch: 16, seqLen: 128 });
+  let progress = [0, -1];
+  const dev = await GpuLlamaModel.create(config, dense, b, { maxBatch: 16, seqLen: 128, onProgress: (done, total) => (progress = [done, total]) });
   try {
+    assert.equal(progress[0], progress[1], 'the upload progress ends at its total');
     let wantText = '';
     let gotText = '';
     for await (const piece of generate(cpu, tokenizer, 'Once upon a time', GREEDY)) wantText += piece;

@@ -1,7 +1,7 @@
 // The LLaMA forward pass on WebGPU (llama.ts's twin): weights, activations and the KV cache live in GPU
 // buffers; each forward chunk is one command encoder, one compute pass and one submit, and only the
 // logits come back. Linear layers are the webgpu backend's LUT/dense matmuls; everything else is
-// kernels/webgpu/ops.ts. withCpuFallback() moves a model to a CPU backend when the device is lost.
+// kernels/webgpu/ops.ts. FallbackModel moves a model to a CPU backend when the device is lost.
 // Sampling, tokenization and the generation loop are generate.ts's business, as for LlamaModel.
 /// <reference types="@webgpu/types" />
 
@@ -14,8 +14,8 @@ import type { GpuKernelBackend, GpuMatmulEncoding, GpuMatmulOptions, GpuPrepared
 import type { ComputeType, Linear } from '../quant/linear.js';
 import type { LlamaConfig } from './config.js';
 import type { CausalModel } from './generate.js';
-import { checkLlamaConfig, ropeInvFreq, type ForwardOptions } from './llama.js';
-import { LAYER_LINEARS, type LlamaWeights } from './weights.js';
+import { checkLlamaConfig, checkWeights, ropeTables, type ForwardOptions } from './llama.js';
+import { LAYER_LINEARS, LINEAR_KEYS, type LinearKey, type LlamaWeights } from './weights.js';
 
 export interface GpuLlamaModelOptions {
   /** Most tokens per forward chunk (default 64; lowered when the attention scratch would not fit). */
@@ -28,8 +28,6 @@ export interface GpuLlamaModelOptions {
   readonly onProgress?: (done: number, total: number, name: string) => void;
 }
 
-type LinearKey = keyof typeof LAYER_LINEARS;
-const LINEAR_KEYS: readonly LinearKey[] = ['wq', 'wk', 'wv', 'wo', 'w1', 'w2', 'w3'];
 
 /** One transformer block's device buffers and the op bind groups over them (made once). */
 interface GpuLayer {
@@ -94,7 +92,8 @@ export class GpuLlamaModel implements CausalModel {
   /** Uploads the weights tensor by tensor (onProgress after each) and allocates the run state. */
   static async create(config: LlamaConfig, weights: LlamaWeights, backend: GpuKernelBackend, opts: GpuLlamaModelOptions = {}): Promise<GpuLlamaModel> {
     checkLlamaConfig(config);
-    const total = config.nLayers * (LINEAR_KEYS.length + 2) + 2;
+    checkWeights(config, weights);
+    const total = config.nLayers * (LINEAR_KEYS.length + 1) + 2; // per layer its linears and its norms; lm_head; the final norm
     let done = 0;
     const tick = (name: string) => opts.onProgress?.(++done, total, name);
     const prepared: GpuPreparedLinear[] = [];
@@ -110,7 +109,6 @@ export class GpuLlamaModel implements CausalModel {
       const linears: Record<LinearKey, GpuPreparedLinear>[] = [];
       for (let l = 0; l < config.nLayers; l++) {
         const w = weights.layers[l];
-        if (!w) throw new FluteError('E_SHAPE', `weights: expected ${config.nLayers} layers, got ${weights.layers.length}`);
         const rec = {} as Record<LinearKey, GpuPreparedLinear>;
         for (const key of LINEAR_KEYS) rec[key] = await prepare(w[key], `model.layers.${l}.${LAYER_LINEARS[key]}`);
         linears.push(rec);
@@ -159,7 +157,7 @@ export class GpuLlamaModel implements CausalModel {
     const qDim = c.nHeads * c.headDim;
     const kvDim = c.nKvHeads * c.headDim;
     const shape: OpsShape = {
-      dim: c.dim, dimStride: roundUp(c.dim, ACT_ALIGN), qDim, qStride: roundUp(qDim, ACT_ALIGN), kvDim, kvStride: roundUp(kvDim, ACT_ALIGN),
+      dim: c.dim, dimStride: roundUp(c.dim, ACT_ALIGN), qStride: roundUp(qDim, ACT_ALIGN), kvDim, kvStride: roundUp(kvDim, ACT_ALIGN),
       hiddenStride: roundUp(c.hiddenDim, ACT_ALIGN), nHeads: c.nHeads, nKvHeads: c.nKvHeads, headDim: c.headDim, seqLen, normEps: c.normEps, ropeLayout: c.ropeLayout,
     };
     // The attention scratch [B, nHeads, seqLen] and the logits [B, vocab] must each fit one binding.
@@ -179,17 +177,7 @@ export class GpuLlamaModel implements CausalModel {
     };
     const storage = (bytes: number, label: string) => dev.createBuffer({ size: Math.max(bytes, 16), usage: BUF.STORAGE, label });
 
-    // RoPE tables exactly as RunState makes them (f64 angles rounded to f32), so both rotate alike.
-    const half = c.headDim / 2;
-    const invFreq = ropeInvFreq(c); // [headDim/2]
-    const cos = new Float32Array(seqLen * half);
-    const sin = new Float32Array(seqLen * half);
-    for (let p = 0; p < seqLen; p++) {
-      for (let i = 0; i < half; i++) {
-        cos[p * half + i] = Math.cos(p * invFreq[i]);
-        sin[p * half + i] = Math.sin(p * invFreq[i]);
-      }
-    }
+    const { cos, sin } = ropeTables(c, seqLen); // the CPU model's tables, so both rotate alike
     this.state = {
       x: t(c.dim, 'x'), xb: t(c.dim, 'xb'), q: t(qDim, 'q'), k: t(kvDim, 'k'), v: t(kvDim, 'v'), att: t(qDim, 'att'), proj: t(c.dim, 'proj'),
       hb: t(c.hiddenDim, 'hb'), hb2: t(c.hiddenDim, 'hb2'), logits: t(c.vocabSize, 'logits'),
@@ -209,8 +197,7 @@ export class GpuLlamaModel implements CausalModel {
       const valueCache = storage(seqLen * kvDim * 4, p + 'value cache');
       const buffers = [attnNorm, ffnNorm, keyCache, valueCache];
       let bias: GpuLayer['groups']['bias'] = null;
-      if (c.qkvBias) {
-        if (!w.bq || !w.bk || !w.bv) throw new FluteError('E_NOT_FOUND', `weights ${p}self_attn: config.qkvBias is set but the q/k/v biases are missing`);
+      if (c.qkvBias && w.bq && w.bk && w.bv) { // checkWeights: all three are there when qkvBias is set
         const [bq, bk, bv] = [f32Buffer(w.bq, p + 'q bias'), f32Buffer(w.bk, p + 'k bias'), f32Buffer(w.bv, p + 'v bias')];
         buffers.push(bq, bk, bv);
         bias = {
@@ -298,11 +285,6 @@ export class GpuLlamaModel implements CausalModel {
     for (const t of [s.x, s.xb, s.q, s.k, s.v, s.att, s.proj, s.hb, s.hb2, s.logits]) this.backend.releaseTensor(t);
     for (const b of [s.scores, s.ropeCos, s.ropeSin, this.splitScratch, this.staging, ...this.layerBuffers, ...this.layers.flatMap((L) => L.buffers)]) b?.destroy();
     this.ops.dispose();
-  }
-
-  /** The CPU weights this model was built from (for a CPU fallback). */
-  cpuWeights(): LlamaWeights {
-    return this.weights;
   }
 
   // ---------------------------------------------------------------- the transformer, one chunk

@@ -95,19 +95,7 @@ class RunState {
     this.scores = new Float64Array(seqLen);
     this.headAcc = new Float64Array(c.headDim);
     this.logits = new Float32Array(batch * c.vocabSize);
-    // RoPE frequency of pair i is theta^(-2i/headDim) (then scaled, see ropeInvFreq) in both layouts;
-    // only which elements pair up differs.
-    const half = c.headDim / 2;
-    const invFreq = ropeInvFreq(c); // [headDim/2]
-    this.ropeCos = new Float32Array(seqLen * half);
-    this.ropeSin = new Float32Array(seqLen * half);
-    for (let p = 0; p < seqLen; p++) {
-      for (let i = 0; i < half; i++) {
-        const angle = p * invFreq[i];
-        this.ropeCos[p * half + i] = Math.cos(angle);
-        this.ropeSin[p * half + i] = Math.sin(angle);
-      }
-    }
+    ({ cos: this.ropeCos, sin: this.ropeSin } = ropeTables(c, seqLen));
   }
 
   viewsFor(m: number, c: LlamaConfig): ChunkViews {
@@ -367,6 +355,26 @@ function addBias(x: Float32Array, b: Float32Array, m: number): void {
  *    s = (L / w_i - lowFreqFactor) / (highFreqFactor - lowFreqFactor).
  * Exported for other backends' forward passes, which must rotate by the same angles.
  */
+/**
+ * cos and sin of position p times pair i's frequency, [seqLen, headDim/2] each (f64 angles rounded to
+ * f32): the rotation tables of both forward passes (this file and llama-gpu.ts). Pair i's frequency is
+ * theta^(-2i/headDim), then scaled (ropeInvFreq), in both layouts; only which elements pair up differs.
+ */
+export function ropeTables(c: LlamaConfig, seqLen: number): { cos: Float32Array; sin: Float32Array } {
+  const half = c.headDim / 2;
+  const invFreq = ropeInvFreq(c); // [headDim/2]
+  const cos = new Float32Array(seqLen * half);
+  const sin = new Float32Array(seqLen * half);
+  for (let p = 0; p < seqLen; p++) {
+    for (let i = 0; i < half; i++) {
+      const angle = p * invFreq[i];
+      cos[p * half + i] = Math.cos(angle);
+      sin[p * half + i] = Math.sin(angle);
+    }
+  }
+  return { cos, sin };
+}
+
 export function ropeInvFreq(c: LlamaConfig): Float64Array {
   const half = c.headDim / 2;
   const out = new Float64Array(half);
@@ -434,7 +442,8 @@ function checkRopeScaling(s: RopeScaling | undefined): void {
 }
 
 /** Weights built by hand (not by loadLlamaWeights) get the same shape checks. */
-function checkWeights(c: LlamaConfig, w: LlamaWeights): void {
+/** Throws E_SHAPE / E_NOT_FOUND unless every tensor of `w` has the shape `c` asks for (both forward passes). */
+export function checkWeights(c: LlamaConfig, w: LlamaWeights): void {
   const qDim = c.nHeads * c.headDim;
   const kvDim = c.nKvHeads * c.headDim;
   const vec = (a: Float32Array, n: number, name: string) => {

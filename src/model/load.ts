@@ -112,9 +112,10 @@ export async function loadModelFromUrl(url: string, opts: LoadModelUrlOptions = 
 /** Builds a runnable model from an opened one (closed when done: the weights are copied out of it). */
 export async function loadOpenedModel(src: OpenedModel, opts: LoadModelOptions = {}, file: string = src.file): Promise<LoadedModel> {
   try {
+    const seqLen = opts.seqLen ?? Math.min(src.config.seqLen, opts.maxContext ?? DEFAULT_MAX_CONTEXT);
     await checkMemoryBudget(file, src.config, src.quantized, {
       backend: typeof opts.backend === 'object' ? opts.backend.name : opts.backend,
-      seqLen: opts.seqLen ?? Math.min(src.config.seqLen, opts.maxContext ?? DEFAULT_MAX_CONTEXT),
+      seqLen,
       maxBatch: opts.maxBatch,
       maxMemoryBytes: opts.maxMemoryBytes,
     });
@@ -128,7 +129,6 @@ export async function loadOpenedModel(src: OpenedModel, opts: LoadModelOptions =
       : opts.backend.name === 'webgpu'
         ? { kind: 'gpu', backend: opts.backend as GpuKernelBackend, reason: 'the caller\'s WebGPU backend' }
         : { kind: 'cpu', backend: opts.backend as KernelBackend, reason: `the caller's ${opts.backend.name} backend` };
-    const seqLen = opts.seqLen ?? Math.min(src.config.seqLen, opts.maxContext ?? DEFAULT_MAX_CONTEXT);
     const modelOpts = { maxBatch: opts.maxBatch, seqLen, computeType: opts.computeType };
     const backends: { name: string; info(): BackendInfo; dispose(): void }[] = owned ? [choice.backend] : [];
     let current: { name: string; info(): BackendInfo } = choice.backend; // what runs the model now

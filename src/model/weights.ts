@@ -30,7 +30,7 @@ export interface LlamaWeights {
   readonly output: Linear; // [vocab, dim] lm_head, or the embedding when tied
 }
 
-type LinearKey = 'wq' | 'wk' | 'wv' | 'wo' | 'w1' | 'w2' | 'w3';
+export type LinearKey = 'wq' | 'wk' | 'wv' | 'wo' | 'w1' | 'w2' | 'w3';
 
 /** Hugging Face names of one layer's linear weights. */
 export const LAYER_LINEARS: Readonly<Record<LinearKey, string>> = {
@@ -42,6 +42,9 @@ export const LAYER_LINEARS: Readonly<Record<LinearKey, string>> = {
   w2: 'mlp.down_proj.weight',
   w3: 'mlp.up_proj.weight',
 };
+
+/** The linear layers of a block, in LAYER_LINEARS' order. */
+export const LINEAR_KEYS = Object.keys(LAYER_LINEARS) as readonly LinearKey[];
 
 /** Projections of one input that LlamaModel runs as one stacked matmul when quantized alike (quant/linear.ts stackRows). */
 export const STACKED_PROJECTIONS: readonly (readonly LinearKey[])[] = [['wq', 'wk', 'wv'], ['w1', 'w3']];

@@ -5,7 +5,7 @@
 
 import { FluteError } from '../errors.js';
 import type { LlamaConfig } from '../model/config.js';
-import type { LlamaWeights } from '../model/weights.js';
+import { LINEAR_KEYS, type LinearKey, type LlamaWeights } from '../model/weights.js';
 import { dequantize, type Linear } from '../quant/linear.js';
 import {
   addInPlace, attentionBackward, attentionForward, crossEntropyBackward, crossEntropyForward, encoderBackward, encoderForward,
@@ -13,9 +13,8 @@ import {
   type AttentionShape, type F64, type RopeTables,
 } from './layers.js';
 
-/** The linear layers of a block, by the keys LayerWeights uses. */
-export const LINEAR_KEYS = ['wq', 'wk', 'wv', 'wo', 'w1', 'w2', 'w3'] as const;
-export type LinearKey = (typeof LINEAR_KEYS)[number];
+// The linear layers of a block, by the keys LayerWeights uses (the model's own list).
+export { LINEAR_KEYS, type LinearKey };
 
 export interface TrainLayer {
   attnNorm: F64; // [dim]

@@ -1,6 +1,6 @@
 // The typed error for a lost GPU device (driver reset, GPU removed, tab backgrounded, destroy()): an
 // E_BACKEND FluteError that callers can tell apart from other GPU failures and recover from by moving
-// to another backend (see withCpuFallback in src/model/llama-gpu.ts).
+// to another backend (see FallbackModel in src/model/llama-gpu.ts).
 
 import { FluteError } from '../../errors.js';
 

@@ -58,20 +58,18 @@ export class LlamaOps {
     const sh = this.shape;
     const half = sh.headDim / 2;
     const up = (a: number, b: number) => Math.ceil(a / b);
-    const counts: Record<OpName, [number, number]> = {
-      rmsnorm: [m, 1],
-      rmsnormLast: [1, 1],
-      addBias: [up(cols, OPS_WG), m],
-      ropeQ: [up(sh.nHeads * half, OPS_WG), m],
-      ropeStoreKv: [up(sh.nKvHeads * half, OPS_WG), m],
-      attention: [sh.nHeads, m],
-      swiglu: [up(m * sh.hiddenStride, ELEMWISE_WG), 1],
-      add: [up(m * sh.dimStride, ELEMWISE_WG), 1],
-    };
-    const [x, y] = counts[op];
     pass.setPipeline(this.pipelines[op]);
     pass.setBindGroup(0, group);
-    pass.dispatchWorkgroups(x, y);
+    switch (op) {
+      case 'rmsnorm': return pass.dispatchWorkgroups(m, 1);
+      case 'rmsnormLast': return pass.dispatchWorkgroups(1, 1);
+      case 'addBias': return pass.dispatchWorkgroups(up(cols, OPS_WG), m);
+      case 'ropeQ': return pass.dispatchWorkgroups(up(sh.nHeads * half, OPS_WG), m);
+      case 'ropeStoreKv': return pass.dispatchWorkgroups(up(sh.nKvHeads * half, OPS_WG), m);
+      case 'attention': return pass.dispatchWorkgroups(sh.nHeads, m);
+      case 'swiglu': return pass.dispatchWorkgroups(up(m * sh.hiddenStride, ELEMWISE_WG), 1);
+      case 'add': return pass.dispatchWorkgroups(up(m * sh.dimStride, ELEMWISE_WG), 1);
+    }
   }
 
   /** Compiler errors of the op programs, for error reports. */

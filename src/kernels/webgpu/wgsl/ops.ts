@@ -10,7 +10,6 @@
 export interface OpsShape {
   readonly dim: number;
   readonly dimStride: number;
-  readonly qDim: number; // nHeads * headDim
   readonly qStride: number;
   readonly kvDim: number; // nKvHeads * headDim
   readonly kvStride: number;
