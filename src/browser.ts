@@ -10,11 +10,11 @@ import { loadModelFromBytes, loadModelFromUrl, type LoadModelBytesOptions, type 
 export { FluteError, type ErrorCode } from './errors.js';
 export type { LlamaConfig, RopeLayout, RopeScaling } from './model/config.js';
 export {
-  loadModelFromBytes, loadModelFromUrl, loadOpenedModel,
+  fetchModelFiles, loadModelFromBytes, loadModelFromUrl, loadOpenedModel,
   type LoadModelOptions, type LoadModelBytesOptions, type LoadModelUrlOptions, type LoadedModel,
 } from './model/load.js';
 export { openModelSource, type OpenedModel, type OpenModelSourceOptions, type TokenizerLoader } from './model/open.js';
-export { memorySource, fetchBytes, type ByteSource, type FetchBytesOptions } from './format/source.js';
+export { memorySource, fetchBytes, baseName, type ByteSource, type FetchBytesOptions } from './format/source.js';
 export { LlamaModel } from './model/llama.js';
 export { generate, createGenerationStats, type GenerateOptions, type GenerationStats } from './model/generate.js';
 export { sample, createRng, type SamplerOptions } from './model/sampler.js';

@@ -2,7 +2,7 @@
 
 export { FluteError, type ErrorCode } from './errors.js';
 export type { LlamaConfig, RopeLayout, RopeScaling } from './model/config.js';
-export { loadModel, loadModelFromBytes, loadModelFromUrl, loadOpenedModel, type LoadModelOptions, type LoadModelBytesOptions, type LoadModelUrlOptions, type LoadedModel } from './model/load.js';
+export { fetchModelFiles, loadModel, loadModelFromBytes, loadModelFromUrl, loadOpenedModel, type LoadModelOptions, type LoadModelBytesOptions, type LoadModelUrlOptions, type LoadedModel } from './model/load.js';
 export { openModelFile, openModelSource, type OpenedModel, type OpenModelSourceOptions, type TokenizerLoader } from './model/open.js';
 export { memorySource, fetchBytes, type ByteSource, type FetchBytesOptions } from './format/source.js';
 export { LlamaModel } from './model/llama.js';

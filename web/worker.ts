@@ -3,7 +3,7 @@
 /// <reference lib="webworker" />
 
 import {
-  createBackend, createGenerationStats, fetchBytes, FluteError, generate, loadModelFromBytes, memorySource,
+  baseName, createBackend, createGenerationStats, fetchModelFiles, FluteError, generate, loadModelFromBytes, memorySource,
   openModelSource, quantizeModelToBytes, type KernelBackend, type LoadedModel, type PreparedLinear,
 } from '../src/browser.js';
 import { probeCapabilities, type Capabilities } from './capabilities.js';
@@ -54,18 +54,11 @@ async function readChoice(id: number, m: ModelChoice): Promise<{ name: string; b
     const [bytes, tokenizer] = await Promise.all([m.model.arrayBuffer(), m.tokenizer?.arrayBuffer()]);
     return { name: m.model.name, bytes: new Uint8Array(bytes), tokenizer: tokenizer && new Uint8Array(tokenizer) };
   }
-  const done = [0, 0];
-  const totals = [0, 0];
-  const progress = (i: number) => (loaded: number, total: number) => {
-    done[i] = loaded;
-    totals[i] = total;
-    post({ type: 'progress', id, phase: 'download', done: done[0] + done[1], total: totals[0] + totals[1], label: `downloading ${m.url}` });
-  };
-  const [bytes, tokenizer] = await Promise.all([
-    fetchBytes(m.url, { onProgress: progress(0) }),
-    m.tokenizerUrl ? fetchBytes(m.tokenizerUrl, { onProgress: progress(1) }) : undefined,
-  ]);
-  return { name: m.url.replace(/^.*\//, ''), bytes, tokenizer };
+  const { bytes, tokenizer } = await fetchModelFiles(m.url, {
+    tokenizerUrl: m.tokenizerUrl,
+    onProgress: (done, total) => post({ type: 'progress', id, phase: 'download', done, total, label: `downloading ${m.url}` }),
+  });
+  return { name: baseName(m.url), bytes, tokenizer };
 }
 
 /** Quantizes a dense model into an in-memory checkpoint; a model that is already quantized passes through. */

@@ -92,9 +92,15 @@ export interface LoadModelUrlOptions extends Omit<LoadModelBytesOptions, 'tokeni
   readonly signal?: AbortSignal;
 }
 
-/** Downloads a model (and its tokenizer) with fetch, then loads it as loadModelFromBytes does. */
-export async function loadModelFromUrl(url: string, opts: LoadModelUrlOptions = {}): Promise<LoadedModel> {
-  const { tokenizerUrl, onProgress, signal, ...rest } = opts;
+/**
+ * Downloads a model and, when given, its tokenizer side by side, with one progress over both
+ * (`total` 0 while either size is unknown).
+ */
+export async function fetchModelFiles(
+  url: string,
+  opts: Pick<LoadModelUrlOptions, 'tokenizerUrl' | 'onProgress' | 'signal'> = {},
+): Promise<{ bytes: Uint8Array; tokenizer?: Uint8Array }> {
+  const { tokenizerUrl, onProgress, signal } = opts;
   const done = [0, 0];
   const totals = [0, 0];
   const report = (i: number) => (loaded: number, total: number) => {
@@ -106,6 +112,13 @@ export async function loadModelFromUrl(url: string, opts: LoadModelUrlOptions = 
     fetchBytes(url, { onProgress: report(0), signal }),
     tokenizerUrl ? fetchBytes(tokenizerUrl, { onProgress: report(1), signal }) : undefined,
   ]);
+  return { bytes, tokenizer };
+}
+
+/** Downloads a model (and its tokenizer) with fetch, then loads it as loadModelFromBytes does. */
+export async function loadModelFromUrl(url: string, opts: LoadModelUrlOptions = {}): Promise<LoadedModel> {
+  const { tokenizerUrl, onProgress, signal, ...rest } = opts;
+  const { bytes, tokenizer } = await fetchModelFiles(url, { tokenizerUrl, onProgress, signal });
   return loadModelFromBytes(bytes, { ...rest, name: url, tokenizer });
 }
 
