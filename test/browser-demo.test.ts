@@ -225,8 +225,7 @@ test('demo page: greedy text equals Node\'s with WebGPU on, with WebGPU off (was
   assert.ok(dense.length > 20 && quantized.length > 20, 'Node generated text');
 
   await t.vite.build({ configFile: join(REPO, 'web/vite.config.ts'), logLevel: 'warn' });
-  const assets = [join(DIST, 'assets')].flatMap((d) => (existsSync(d) ? [d] : []));
-  assert.equal(assets.length, 1, 'vite wrote dist-web/assets');
+  assert.ok(existsSync(join(DIST, 'assets')), 'vite wrote dist-web/assets');
   logBundleSize();
 
   const { server, url } = await serve(DIST);

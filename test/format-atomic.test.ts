@@ -6,6 +6,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { FluteError } from '../src/errors.js';
 import { AtomicFileWriter, writeError, writeFileAtomic } from '../src/format/atomic.js';
+import { repoFile } from './hf-fixtures.js';
+
+/** A string as a literal inside a RegExp. */
+const escapeRe = (t: string) => t.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
 
 const isCode = (code: string, re?: RegExp) => (e: unknown) =>
   e instanceof FluteError && e.code === code && (!re || re.test(e.message));
@@ -48,7 +52,7 @@ test('AtomicFileWriter: temp name beside the target, abort removes it, no use af
   const dir = scratch(t);
   const p = join(dir, 'x.safetensors');
   const w = await AtomicFileWriter.open(p);
-  assert.match(w.tempPath, new RegExp(`^${dir.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}/\\.x\\.safetensors\\.${process.pid}\\.[a-z0-9]+\\.tmp$`));
+  assert.match(w.tempPath, new RegExp(`^${escapeRe(dir)}/\\.x\\.safetensors\\.${process.pid}\\.[a-z0-9]+\\.tmp$`));
   await w.write(Uint8Array.of(1, 2, 3));
   assert.deepEqual(readdirSync(dir), [w.tempPath.slice(dir.length + 1)]);
   await w.abort();
@@ -95,7 +99,7 @@ test('read-only folder gives E_IO "no permission" naming the file, and leaves th
 
 async function checkNoPermission(target: string): Promise<void> {
   if (process.getuid?.() !== 0) {
-    await assert.rejects(writeFileAtomic(target, [Uint8Array.of(1)]), isCode('E_IO', new RegExp(`no permission to write ${target.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}`)));
+    await assert.rejects(writeFileAtomic(target, [Uint8Array.of(1)]), isCode('E_IO', new RegExp(`no permission to write ${escapeRe(target)}`)));
   } else {
     // Root ignores permission bits, so the write runs as the unprivileged user "nobody" (uid 65534).
     const { spawnSync } = await import('node:child_process');
@@ -129,14 +133,14 @@ async function fullTmpfs(mnt: string, big: Uint8Array): Promise<void> {
   console.log('  full disk: a real 64 KiB tmpfs');
   const target = join(mnt, 'model.safetensors');
   writeFileSync(target, 'previous');
-  await assert.rejects(writeFileAtomic(target, [big, big, big]), isCode('E_IO', new RegExp(`^disk full while writing ${target.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}$`)));
+  await assert.rejects(writeFileAtomic(target, [big, big, big]), isCode('E_IO', new RegExp(`^disk full while writing ${escapeRe(target)}$`)));
   assert.equal(readFileSync(target, 'utf8'), 'previous');
   assert.deepEqual(readdirSync(mnt), ['model.safetensors']);
   // The CLI says the same and exits non-zero.
-  const flute = new URL('../../bin/flute.js', import.meta.url).pathname;
+  const flute = repoFile('bin/flute.js');
   const cli = spawnSync(process.execPath, [flute, 'quantize', '--out', join(mnt, 'q.safetensors')], { encoding: 'utf8' });
   assert.notEqual(cli.status, 0);
-  assert.match(cli.stderr, new RegExp(`disk full while writing ${join(mnt, 'q.safetensors').replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}`));
+  assert.match(cli.stderr, new RegExp(`disk full while writing ${escapeRe(join(mnt, 'q.safetensors'))}`));
   assert.deepEqual(readdirSync(mnt), ['model.safetensors']);
 }
 

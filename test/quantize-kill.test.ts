@@ -16,7 +16,7 @@ import { rng } from './helpers.js';
 const FLUTE = repoFile('bin/flute.js');
 const MODEL = repoFile('models/stories260K/stories260K.bin');
 const KILLS = Number(process.env.KILL_RUNS ?? 15);
-const TEMP = (name: string) => new RegExp(`^\\.${name.replace('.', '\\.')}\\.\\d+\\.[a-z0-9]+\\.tmp$`);
+const TEMP = (name: string) => new RegExp(`^\\.${name.replaceAll('.', '\\.')}\\.\\d+\\.[a-z0-9]+\\.tmp$`);
 
 function quantizeArgs(out: string, bits: number): string[] {
   return [FLUTE, 'quantize', MODEL, '--bits', String(bits), '--group-size', '32', '--out', out];

@@ -118,12 +118,12 @@ async function parse(src: ByteSource): Promise<Llama2cReader> {
   const config = configFromHeader(fields);
   if (typeof config === 'string') throw new FluteError('E_BAD_HEADER', `${file}: not a valid llama2.c header: ${config}`);
   // Size check before layout(): a lying n_layers would otherwise build millions of slots first.
-  const needed = fileBytes(config);
-  const { slots, end } = src.size < needed ? { slots: [], end: needed } : layout(config);
   // Files longer than needed are accepted, as llama2.c itself does.
-  if (src.size < end) {
-    throw new FluteError('E_TRUNCATED', `${file}: a llama2.c checkpoint with ${describe(config)} needs ${end} bytes, but the file is only ${src.size} bytes long`);
+  const needed = fileBytes(config);
+  if (src.size < needed) {
+    throw new FluteError('E_TRUNCATED', `${file}: a llama2.c checkpoint with ${describe(config)} needs ${needed} bytes, but the file is only ${src.size} bytes long`);
   }
+  const { slots } = layout(config);
   const list = slots.filter((s) => !s.rope).map((s) => s.info);
   list.sort((a, b) => listRank(a) - listRank(b)); // stable: file order within a layer
   const { info, has, readRaw } = tensorTable(src, list);

@@ -6,7 +6,6 @@
 import { fork, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { FAILURES, type CaseResult, type Outcome } from './harness.js';
-import { caseSeed } from './rng.js';
 import type { ReaderName } from './targets.js';
 import type { WorkerMessage, WorkerRequest } from './worker.js';
 
@@ -43,7 +42,7 @@ export interface ReaderReport {
   /** Time spent in cases, and the slowest one. */
   ms: number;
   slowestMs: number;
-  /** The largest single allocation any case made, and the input size it was made for. */
+  /** The largest single allocation any case made. */
   largestAlloc: number;
   seedMs: number;
 }
@@ -186,4 +185,3 @@ export async function runFuzz(opts: FuzzOptions): Promise<FuzzReport> {
   return { runSeed: opts.runSeed, elapsedMs: performance.now() - t0, readers, failures: readers.reduce((a, r) => a + r.failures.length, 0) };
 }
 
-export { caseSeed };

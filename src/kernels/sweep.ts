@@ -135,7 +135,7 @@ interface Variant {
   dispose(): void;
 }
 
-function cpuVariant(name: string, b: KernelBackend, opts: Record<string, unknown> = {}, pathOf?: (p: PreparedLinear) => { path: string; bound: number }): Variant {
+function cpuVariant(name: string, b: KernelBackend, pathOf?: (p: PreparedLinear) => { path: string; bound: number }): Variant {
   const v: Variant = {
     name,
     tolerance: b.info().relTolerance ?? 1e-5,
@@ -145,7 +145,7 @@ function cpuVariant(name: string, b: KernelBackend, opts: Record<string, unknown
       const p = b.prepare(layer);
       try {
         if (pathOf) v.lastPath = pathOf(p);
-        return b.matmul(p, x, m, undefined, opts);
+        return b.matmul(p, x, m);
       } finally {
         b.release(p);
       }
@@ -178,7 +178,7 @@ async function createVariants(backends: readonly SweepBackendName[], absent: Rec
     for (const threads of [1, 2]) {
       for (const activations of ['int8', 'f32'] as const) {
         const b = await createWasmBackend({ threads, activations });
-        out.push(cpuVariant(`wasm(threads=${threads},act=${activations})`, b, {}, activations === 'int8' ? (p) => b.intPath(p) : undefined));
+        out.push(cpuVariant(`wasm(threads=${threads},act=${activations})`, b, activations === 'int8' ? (p) => b.intPath(p) : undefined));
       }
     }
   }
@@ -261,6 +261,7 @@ export async function runSweep(opts: SweepOptions): Promise<SweepReport> {
           if (!result.ok) rep.failures.push(result);
           opts.onCase?.(result);
         }
+        ref.release(refPrepared);
       }
     }
   } finally {
