@@ -14,7 +14,7 @@ import type { GpuKernelBackend, GpuMatmulEncoding, GpuMatmulOptions, GpuPrepared
 import type { ComputeType, Linear } from '../quant/linear.js';
 import type { LlamaConfig } from './config.js';
 import type { CausalModel } from './generate.js';
-import { checkLlamaConfig, checkWeights, ropeTables, type ForwardOptions } from './llama.js';
+import { checkForwardArgs, checkLlamaConfig, checkWeights, ropeTables, type ForwardOptions } from './llama.js';
 import { LAYER_LINEARS, LINEAR_KEYS, type LinearKey, type LlamaWeights } from './weights.js';
 
 export interface GpuLlamaModelOptions {
@@ -248,17 +248,9 @@ export class GpuLlamaModel implements CausalModel {
    */
   async forward(tokens: ArrayLike<number>, startPos: number, opts: ForwardOptions = {}): Promise<Float32Array> {
     if (this.disposed) throw new FluteError('E_BACKEND', 'forward: the model has been disposed');
+    checkForwardArgs(tokens, startPos, this.cached, this.seqLen, this.config.vocabSize);
     const m = tokens.length;
     const { vocabSize } = this.config;
-    if (m < 1) throw new FluteError('E_SHAPE', 'forward: expected at least one token, got 0');
-    if (!Number.isInteger(startPos) || startPos < 0 || startPos > this.cached) {
-      throw new FluteError('E_OPTION', `forward: start position: expected an integer in 0..${this.cached} (the cached positions), got ${startPos}`);
-    }
-    if (startPos + m > this.seqLen) throw new FluteError('E_SHAPE', `forward: positions ${startPos}..${startPos + m - 1} exceed the context length ${this.seqLen}`);
-    for (let i = 0; i < m; i++) {
-      const t = tokens[i];
-      if (!Number.isInteger(t) || t < 0 || t >= vocabSize) throw new FluteError('E_OPTION', `forward: token ${i}: expected an id in 0..${vocabSize - 1}, got ${t}`);
-    }
     if (this.lostInfo) throw new GpuDeviceLostError(String(this.lostInfo.reason), this.lostInfo.message);
     const all = opts.allLogits ?? false;
     const result = all && m > this.maxBatch ? new Float32Array(m * vocabSize) : undefined; // [M, vocab]

@@ -182,21 +182,9 @@ export class LlamaModel {
    */
   forward(tokens: ArrayLike<number>, startPos: number, opts: ForwardOptions = {}): Float32Array {
     if (this.disposed) throw new FluteError('E_BACKEND', 'forward: the model has been disposed');
+    checkForwardArgs(tokens, startPos, this.cached, this.seqLen, this.config.vocabSize);
     const m = tokens.length;
     const { vocabSize } = this.config;
-    if (m < 1) throw new FluteError('E_SHAPE', 'forward: expected at least one token, got 0');
-    if (!Number.isInteger(startPos) || startPos < 0 || startPos > this.cached) {
-      throw new FluteError('E_OPTION', `forward: start position: expected an integer in 0..${this.cached} (the cached positions), got ${startPos}`);
-    }
-    if (startPos + m > this.seqLen) {
-      throw new FluteError('E_SHAPE', `forward: positions ${startPos}..${startPos + m - 1} exceed the context length ${this.seqLen}`);
-    }
-    for (let i = 0; i < m; i++) {
-      const t = tokens[i];
-      if (!Number.isInteger(t) || t < 0 || t >= vocabSize) {
-        throw new FluteError('E_OPTION', `forward: token ${i}: expected an id in 0..${vocabSize - 1}, got ${t}`);
-      }
-    }
     const all = opts.allLogits ?? false;
     const result = all && m > this.maxBatch ? new Float32Array(m * vocabSize) : undefined; // [M, vocab]
     for (let off = 0; off < m; off += this.maxBatch) {
@@ -442,6 +430,24 @@ function checkRopeScaling(s: RopeScaling | undefined): void {
 }
 
 /** Weights built by hand (not by loadLlamaWeights) get the same shape checks. */
+/** Throws E_SHAPE / E_OPTION unless forward(tokens, startPos) fits the cache (`cached` valid positions of `seqLen`) and the vocabulary (both forward passes). */
+export function checkForwardArgs(tokens: ArrayLike<number>, startPos: number, cached: number, seqLen: number, vocabSize: number): void {
+  const m = tokens.length;
+  if (m < 1) throw new FluteError('E_SHAPE', 'forward: expected at least one token, got 0');
+  if (!Number.isInteger(startPos) || startPos < 0 || startPos > cached) {
+    throw new FluteError('E_OPTION', `forward: start position: expected an integer in 0..${cached} (the cached positions), got ${startPos}`);
+  }
+  if (startPos + m > seqLen) {
+    throw new FluteError('E_SHAPE', `forward: positions ${startPos}..${startPos + m - 1} exceed the context length ${seqLen}`);
+  }
+  for (let i = 0; i < m; i++) {
+    const t = tokens[i];
+    if (!Number.isInteger(t) || t < 0 || t >= vocabSize) {
+      throw new FluteError('E_OPTION', `forward: token ${i}: expected an id in 0..${vocabSize - 1}, got ${t}`);
+    }
+  }
+}
+
 /** Throws E_SHAPE / E_NOT_FOUND unless every tensor of `w` has the shape `c` asks for (both forward passes). */
 export function checkWeights(c: LlamaConfig, w: LlamaWeights): void {
   const qDim = c.nHeads * c.headDim;
