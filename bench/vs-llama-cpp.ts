@@ -84,22 +84,29 @@ interface NlcModule {
 export const NODE_LLAMA_CPP_SPEC = 'node-llama-cpp@3';
 
 /**
+ * `npm install --prefix <prefix> <spec>` unless `installed` already exists there (the race's tools go
+ * into the cache, never into this package's dependencies). --ignore-scripts: nothing is built.
+ */
+function npmInstallOnce(prefix: string, spec: string, installed: string, log: (line: string) => void, purpose: string): void {
+  if (existsSync(installed)) return;
+  mkdirSync(prefix, { recursive: true });
+  log(`installing ${spec} into ${prefix} (once)...`);
+  const npm = process.platform === 'win32' ? 'npm.cmd' : 'npm';
+  const r = spawnSync(npm, ['install', '--prefix', prefix, spec, '--no-audit', '--no-fund', '--ignore-scripts'], { stdio: ['ignore', 'inherit', 'inherit'] });
+  if (r.status !== 0 || !existsSync(installed)) {
+    throw new FluteError('E_IO', `npm install --prefix ${prefix} ${spec} failed (exit ${r.status ?? r.error?.message}); ${purpose} needs the npm registry once`);
+  }
+}
+
+/**
  * Imports node-llama-cpp from `<cache>/node-llama-cpp`, running `npm install --prefix` there first
  * when it is missing (its prebuilt CPU binaries come as optional npm packages; no compiler is used).
  */
 export async function loadNodeLlamaCpp(cacheDir: string, log: (line: string) => void): Promise<{ nlc: NlcModule; version: string }> {
   const prefix = join(cacheDir, 'node-llama-cpp');
   const pkg = join(prefix, 'node_modules', 'node-llama-cpp', 'package.json');
-  if (!existsSync(pkg)) {
-    mkdirSync(prefix, { recursive: true });
-    log(`installing ${NODE_LLAMA_CPP_SPEC} into ${prefix} (once)...`);
-    const npm = process.platform === 'win32' ? 'npm.cmd' : 'npm';
-    // --ignore-scripts: its postinstall would offer a source build; we use the prebuilt binary only.
-    const r = spawnSync(npm, ['install', '--prefix', prefix, NODE_LLAMA_CPP_SPEC, '--no-audit', '--no-fund', '--ignore-scripts'], { stdio: ['ignore', 'inherit', 'inherit'] });
-    if (r.status !== 0 || !existsSync(pkg)) {
-      throw new FluteError('E_IO', `npm install --prefix ${prefix} ${NODE_LLAMA_CPP_SPEC} failed (exit ${r.status ?? r.error?.message}); the race needs the npm registry once`);
-    }
-  }
+  // its postinstall would offer a source build; we use the prebuilt binary only
+  npmInstallOnce(prefix, NODE_LLAMA_CPP_SPEC, pkg, log, 'the race');
   const { readFile } = await import('node:fs/promises');
   const meta = JSON.parse(await readFile(pkg, 'utf8')) as { version: string };
   const entry = join(prefix, 'node_modules', 'node-llama-cpp', 'dist', 'index.js');
@@ -163,15 +170,7 @@ export function resolveFluteRuntime(spec: FluteRuntimeSpec, cacheDir: string, lo
   const pkg = nodeBinaryPackage();
   const prefix = join(cacheDir, `node-${spec.major}`);
   const bin = join(prefix, 'node_modules', pkg, 'bin', 'node');
-  if (!existsSync(bin)) {
-    mkdirSync(prefix, { recursive: true });
-    log(`installing ${pkg}@${spec.major} into ${prefix} (once)...`);
-    const npm = process.platform === 'win32' ? 'npm.cmd' : 'npm';
-    const r = spawnSync(npm, ['install', '--prefix', prefix, `${pkg}@${spec.major}`, '--no-audit', '--no-fund', '--ignore-scripts'], { stdio: ['ignore', 'inherit', 'inherit'] });
-    if (r.status !== 0 || !existsSync(bin)) {
-      throw new FluteError('E_IO', `npm install --prefix ${prefix} ${pkg}@${spec.major} failed (exit ${r.status ?? r.error?.message}); --node ${spec.major} needs the npm registry once`);
-    }
-  }
+  npmInstallOnce(prefix, `${pkg}@${spec.major}`, bin, log, `--node ${spec.major}`);
   return { execPath: bin, label: runtimeLabel(bin) };
 }
 
