@@ -239,11 +239,14 @@ function tiledLoops(f: FuncBuilder, maxTile: number, body: (mt: number, rq: numb
 // LUT kernels, integer activations
 
 /**
- * y[m, rows of rq] += sum over groups of s4 * sum over blocks of d[m,b] * (sum_k code[q] * xq[m,k] - corr[m,b]).
+ * y[m, rows of rq] += sum over groups of s4 * sum over blocks of d[m,b] * (sum_k code[q] * xq[m,k] + nc[m,b]).
  * Relaxed: one i32x4 per tile row, relaxed_dot(xq (i8), u, acc): lane r = row r, with u = code + 64
  * (7-bit codes, xq in [-127, 127]) or u = code + 128 (8-bit codes, xq in [-64, 64], where probe_dot
- * shows the engine reads u unsigned without saturating); corr = offset * sum(xq) takes the offset back
- * out. The two differ only in the table bytes and the activation parameters, not in this code.
+ * shows the engine reads u unsigned without saturating); nc = -offset * sum(xq) (act_quant's corr with
+ * the offset negated) takes the offset back out. A block's sums start from nc rather than from zero:
+ * the fused dot then adds its first products straight onto it, with no zero vector and no subtraction
+ * at the fold (two of the 35 SIMD operations per 128 weights where the dot is one VPDPBUSD).
+ * The two differ only in the table bytes and the activation parameters, not in this code.
  * SIMD128: codes are signed i8 widened to i16, xq is i16; i32x4.dot_i16x8_s on rows {0,1} and {2,3}
  * gives two accumulators per tile row whose even/odd lanes are added at the end of a block.
  *
@@ -255,7 +258,7 @@ function tiledLoops(f: FuncBuilder, maxTile: number, body: (mt: number, rq: numb
  * index j itself, no table lookup, corr = -c0 * sum(xq). With u <= 15 an i16 pair sum is at most
  * 2 * 15 * 127 = 3810, so a chunk's eight are summed in i16 and widened once per chunk, not once per
  * index vector: about 3.7 instead of 5.5 SIMD ops per index vector at M = 1.
- * All variants compute the same integers acc - corr and fold them with the same f32 operations in the
+ * All variants compute the same integers acc + nc and fold them with the same f32 operations in the
  * same order, so their results are bit-identical (test/kernels-wasm.test.ts checks it).
  */
 function lutIntKernel(v: KernelVariant, bits: 2 | 3 | 4, name: string, opts: { flat?: boolean; affine?: boolean } = {}): FuncBuilder {
@@ -295,7 +298,9 @@ function lutIntKernel(v: KernelVariant, bits: 2 | 3 | 4, name: string, opts: { f
   job(f, J.table);
   f.v128Load(0).set(table);
 
-  /** One chunk's integer sums into accA (and accB); `fresh`: the first chunk of a block sets them instead of adding. */
+  /** Pushes tile row m's nc (= -offset * sum(xq) of the block at p) as an i32x4. */
+  const pushNc = (m: number) => f.get(p).simdMem(S.v128_load32_splat, 2, m * 8 + 4);
+  /** One chunk's integer sums into accA (and accB); `fresh`: the first chunk of a block starts them (from nc where relaxed). */
   const chunk = (mt: number, fresh: boolean) => {
     const every = pinEvery(mt);
     const acc16 = accB; // affine: the chunk's i16 pair sums per tile row
@@ -312,7 +317,7 @@ function lutIntKernel(v: KernelVariant, bits: 2 | 3 | 4, name: string, opts: { f
         // int8 weights for 4 rows x 4 k
         f.get(table).get(iv).simd(v.relaxed ? S.i8x16_relaxed_swizzle : S.i8x16_swizzle).set(wv);
         if (v.relaxed) {
-          for (let m = 0; m < mt; m++) relaxedDotInto(f, v, set ? null : accA[m], accA[m], () => f.get(x).simdMem(S.v128_load32_splat, 2, m * 4), wv, ones16);
+          for (let m = 0; m < mt; m++) relaxedDotInto(f, v, set ? () => pushNc(m) : accA[m], accA[m], () => f.get(x).simdMem(S.v128_load32_splat, 2, m * 4), wv, ones16);
         } else {
           f.get(wv).simd(S.i16x8_extend_low_i8x16_s).set(wlo);
           f.get(wv).simd(S.i16x8_extend_high_i8x16_s).set(whi);
@@ -335,18 +340,17 @@ function lutIntKernel(v: KernelVariant, bits: 2 | 3 | 4, name: string, opts: { f
     }, iv);
     if (affine) {
       for (let m = 0; m < mt; m++) {
-        if (!fresh) f.get(accA[m]);
-        f.get(acc16[m]).get(ones16).simd(S.i32x4_dot_i16x8_s);
-        if (!fresh) f.simd(S.i32x4_add);
-        f.set(accA[m]);
+        if (fresh) pushNc(m);
+        else f.get(accA[m]);
+        f.get(acc16[m]).get(ones16).simd(S.i32x4_dot_i16x8_s).simd(S.i32x4_add).set(accA[m]);
       }
     }
   };
-  /** Folds a block's sums: tot += f32(acc - corr) * d * s4; advances p. */
+  /** Folds a block's sums (relaxed: they started from nc): tot += f32(acc) * d * s4; advances p. */
   const fold = (mt: number) => {
     for (let m = 0; m < mt; m++) {
       if (v.relaxed) {
-        f.get(accA[m]).get(p).simdMem(S.v128_load32_splat, 2, m * 8 + 4).simd(S.i32x4_sub);
+        f.get(accA[m]);
       } else {
         f.get(accA[m]).get(accB[m]).shuffle(I32_EVEN).get(accA[m]).get(accB[m]).shuffle(I32_ODD).simd(S.i32x4_add);
       }
@@ -399,7 +403,7 @@ function lutIntKernel(v: KernelVariant, bits: 2 | 3 | 4, name: string, opts: { f
         f.set(bi);
         f.repeat(bi, () => {
           for (let m = 0; m < mt; m++) {
-            if (!affine) f.zero().set(accA[m]);
+            if (!affine) (v.relaxed ? pushNc(m) : f.zero()).set(accA[m]);
             if (!v.relaxed) f.zero().set(accB[m]);
           }
           job(f, J.inner);
@@ -421,23 +425,21 @@ function lutIntKernel(v: KernelVariant, bits: 2 | 3 | 4, name: string, opts: { f
 
 /**
  * out = acc + relaxed_dot(a, b) (i32x4: lane r = sum of bytes 4r..4r+3 of a times b), in the variant's
- * form; acc null: out = relaxed_dot(a, b) (the split form then skips the add; the fused form adds a zero
- * vector). a (signed i8) pushed by `pushA`, b (the codes) in local `b`, `ones16` holds i16x8 ones. Shared
- * by the kernels and probe_dot, so the probe measures exactly the instructions the kernels run.
+ * form; acc is a local or pushes the i32x4 to start from. a (signed i8) pushed by `pushA`, b (the codes)
+ * in local `b`, `ones16` holds i16x8 ones. Shared by the kernels and probe_dot, so the probe measures
+ * exactly the instructions the kernels run.
  */
-function relaxedDotInto(f: FuncBuilder, v: KernelVariant, acc: number | null, out: number, pushA: () => void, b: number, ones16: number): void {
+function relaxedDotInto(f: FuncBuilder, v: KernelVariant, acc: number | (() => void), out: number, pushA: () => void, b: number, ones16: number): void {
+  const pushAcc = () => (typeof acc === 'number' ? f.get(acc) : acc());
   if (v.dot === 'split') {
-    if (acc !== null) f.get(acc);
+    pushAcc();
     pushA();
     // pairwise widening by pmaddwd with a ones register (extadd_pairwise reloads a constant each time)
-    f.get(b).simd(S.i16x8_relaxed_dot_i8x16_i7x16_s).get(ones16).simd(S.i32x4_dot_i16x8_s);
-    if (acc !== null) f.simd(S.i32x4_add);
-    f.set(out);
+    f.get(b).simd(S.i16x8_relaxed_dot_i8x16_i7x16_s).get(ones16).simd(S.i32x4_dot_i16x8_s).simd(S.i32x4_add).set(out);
   } else {
     pushA();
     f.get(b);
-    if (acc !== null) f.get(acc);
-    else f.zero();
+    pushAcc();
     f.simd(S.i32x4_relaxed_dot_i8x16_i7x16_add_s).set(out);
   }
 }

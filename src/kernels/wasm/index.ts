@@ -532,7 +532,9 @@ class WasmBackend implements WasmKernelBackend {
         const quant = relaxed ? core.kernels.act_quant8 : core.kernels.act_quant16;
         // relaxed7 on codes = index + c0 runs the affine kernels: u = index, offset -c0 (same integer sums)
         const affine = path === 'relaxed7' && data.affineOffset !== undefined;
-        quant(rows, m, kp, block, MT.int, xPtr, pPtr, ACT_QMAX[path], data.codebooks![path].scale, affine ? data.affineOffset! : ACT_OFFSET[path]);
+        // the offset goes in negated: the kernels start each block's sums from -offset * sum(q)
+        const offset = affine ? data.affineOffset! : ACT_OFFSET[path];
+        quant(rows, m, kp, block, MT.int, xPtr, pPtr, ACT_QMAX[path], data.codebooks![path].scale, offset === 0 ? 0 : -offset);
         // the relaxed module's int kernels take relaxed7 and relaxed8; its SIMD128 ones are wide*
         const family = affine ? 'affine' : !relaxed && core.variant.relaxed ? 'wide' : 'int';
         // groups that are one chunk and one activation block (g <= 32) take the kernels without inner loops
