@@ -255,7 +255,7 @@ function tiledLoops(f: FuncBuilder, maxTile: number, body: (mt: number, rq: numb
  * once per 32 k, with their job-block loads, counters and V8's per-iteration stack checks: one loop over
  * groups, chunk and fold straight-line (unrolling two groups per pass measured no faster).
  * `affine` (relaxed): for tables whose 7-bit codes are c_j = c0 + j ('int' tables, GGUF Q4_0): u = the
- * index j itself, no table lookup, corr = -c0 * sum(xq). With u <= 15 an i16 pair sum is at most
+ * index j itself, no table lookup, nc = c0 * sum(xq). With u <= 15 an i16 pair sum is at most
  * 2 * 15 * 127 = 3810, so a chunk's eight are summed in i16 and widened once per chunk, not once per
  * index vector: about 3.7 instead of 5.5 SIMD ops per index vector at M = 1.
  * All variants compute the same integers acc + nc and fold them with the same f32 operations in the

@@ -21,7 +21,7 @@
 //         top-bit-set operand as unsigned without saturating in that range (the spec allows signed or
 //         unsigned, saturated or not; V8 on x64 reads it unsigned, |2 * 64 * 255| = 32640 fits i16;
 //         V8's arm64 code reads it signed, so there this path is off). Only the table bytes, Q and the offset
-//         (corr = 128 sum q per block, computed by act_quant) differ from relaxed7;
+//         (a block's sums start from -128 sum q, computed by act_quant) differ from relaxed7;
 //       simd: int16 activations (Q = 32767) x 8-bit codes (c in [-127, 127]) via i32x4.dot_i16x8_s (the
 //         SIMD128 variant's kernels; the 'wide' ones of a relaxed module, 1.6-1.8x relaxed's time at M = 1).
 //     Kernels (codegen lutIntKernel): layers whose groups are one 32-k chunk (g <= 32: GGUF) take the
@@ -606,7 +606,7 @@ export const INT_PATH_MAX_REL_ERROR = 5e-2;
 
 /** Activations are quantized to [-Q, Q] per path: int8, then [-64, 64] so that 2 * 64 * 255 <= 32767, then int16. */
 export const ACT_QMAX = { relaxed7: 127, relaxed8: 64, simd: 32767 } as const;
-/** Each path's stored code is code + offset (the relaxed dot's unsigned operand); act_quant's corr takes offset * sum(q) back. */
+/** Each path's stored code is code + offset (the relaxed dot's unsigned operand); the sums start from act_quant's -offset * sum(q) to take it back. */
 const ACT_OFFSET = { relaxed7: 64, relaxed8: 128, simd: 0 } as const;
 
 /**
@@ -655,8 +655,9 @@ export function intPathTolerance(relaxedVariant: boolean): number {
 /**
  * -c0 where a codebook's codes over a table of 2^bits entries are c_j = c0 + j (the 'int' tables): the
  * affine kernels multiply the index j itself (at most 15, so eight i16 pair sums of a chunk fit i16 and
- * need one widening per chunk instead of one per index vector) and act_quant's corr = -c0 * sum(q) turns
- * sum j q into sum c q, the same integers as code + 64 and corr = 64 sum(q). Else undefined.
+ * need one widening per chunk instead of one per index vector), and starting the sums from c0 * sum(q)
+ * (act_quant's -offset * sum(q) with offset -c0) turns sum j q into sum c q: the same integers as
+ * codes + 64 starting from -64 sum(q). Else undefined.
  */
 export function affineOffset(codes: Int8Array, bits: number): number | undefined {
   for (let j = 1; j < 1 << bits; j++) if (codes[j] !== codes[0] + j) return undefined;
