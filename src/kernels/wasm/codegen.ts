@@ -129,6 +129,12 @@ function bump(f: FuncBuilder, local: number, c: number): void {
   f.get(local).i32(c).op(Op.i32_add).set(local);
 }
 
+/** s4 = the row quad's scales of its next group (one v128 of 4 f32 at local `s`); advances s. */
+function nextGroupScales(f: FuncBuilder, s: number, s4: number): void {
+  f.get(s).v128Load(0).set(s4);
+  bump(f, s, 16);
+}
+
 /**
  * Emits the decode of one chunk's 8 index vectors from the weights at local `w`, calling `use(j)` as
  * soon as IV_j (in local `iv`) is ready, so each lives briefly; leaves `w` advanced past the chunk.
@@ -391,14 +397,12 @@ function lutIntKernel(v: KernelVariant, bits: 2 | 3 | 4, name: string, opts: { f
     if (flat) {
       f.repeat(gi, () => {
         chunk(mt, true);
-        f.get(s).v128Load(0).set(s4);
-        bump(f, s, 16);
+        nextGroupScales(f, s, s4);
         fold(mt);
       });
     } else {
       f.repeat(gi, () => {
-        f.get(s).v128Load(0).set(s4);
-        bump(f, s, 16);
+        nextGroupScales(f, s, s4);
         job(f, J.blocks);
         f.set(bi);
         f.repeat(bi, () => {
@@ -529,8 +533,7 @@ function lutExactKernel(v: KernelVariant, bits: 2 | 3 | 4): FuncBuilder {
     job(f, J.groups);
     f.set(gi);
     f.repeat(gi, () => {
-      f.get(s).v128Load(0).set(s4);
-      bump(f, s, 16);
+      nextGroupScales(f, s, s4);
       job(f, J.inner);
       f.set(ci);
       f.repeat(ci, () => {
