@@ -534,7 +534,7 @@ class WasmBackend implements WasmKernelBackend {
         const affine = path === 'relaxed7' && data.affineOffset !== undefined;
         // the offset goes in negated: the kernels start each block's sums from -offset * sum(q)
         const offset = affine ? data.affineOffset! : ACT_OFFSET[path];
-        quant(rows, m, kp, block, MT.int, xPtr, pPtr, ACT_QMAX[path], data.codebooks![path].scale, offset === 0 ? 0 : -offset);
+        quant(rows, m, kp, block, MT.int, xPtr, pPtr, ACT_QMAX[path], data.codebooks![path].scale, -offset);
         // the relaxed module's int kernels take relaxed7 and relaxed8; its SIMD128 ones are wide*
         const family = affine ? 'affine' : !relaxed && core.variant.relaxed ? 'wide' : 'int';
         // groups that are one chunk and one activation block (g <= 32) take the kernels without inner loops
