@@ -335,15 +335,6 @@ function addBias(x: Float32Array, b: Float32Array, m: number): void {
 }
 
 /**
- * RoPE inverse frequencies [headDim/2]: f_i = theta^(-2i/headDim), then config.ropeScaling:
- *  - linear: f_i / factor.
- *  - llama3 (transformers `_compute_llama3_parameters`): with wavelength w_i = 2 pi / f_i and
- *    L = originalMaxPositions, keep f_i where w_i < L / highFreqFactor, use f_i / factor where
- *    w_i > L / lowFreqFactor, and in between blend (1 - s) f_i / factor + s f_i with
- *    s = (L / w_i - lowFreqFactor) / (highFreqFactor - lowFreqFactor).
- * Exported for other backends' forward passes, which must rotate by the same angles.
- */
-/**
  * cos and sin of position p times pair i's frequency, [seqLen, headDim/2] each (f64 angles rounded to
  * f32): the rotation tables of both forward passes (this file and llama-gpu.ts). Pair i's frequency is
  * theta^(-2i/headDim), then scaled (ropeInvFreq), in both layouts; only which elements pair up differs.
@@ -363,6 +354,15 @@ export function ropeTables(c: LlamaConfig, seqLen: number): { cos: Float32Array;
   return { cos, sin };
 }
 
+/**
+ * RoPE inverse frequencies [headDim/2]: f_i = theta^(-2i/headDim), then config.ropeScaling:
+ *  - linear: f_i / factor.
+ *  - llama3 (transformers `_compute_llama3_parameters`): with wavelength w_i = 2 pi / f_i and
+ *    L = originalMaxPositions, keep f_i where w_i < L / highFreqFactor, use f_i / factor where
+ *    w_i > L / lowFreqFactor, and in between blend (1 - s) f_i / factor + s f_i with
+ *    s = (L / w_i - lowFreqFactor) / (highFreqFactor - lowFreqFactor).
+ * Both forward passes rotate by these through ropeTables.
+ */
 export function ropeInvFreq(c: LlamaConfig): Float64Array {
   const half = c.headDim / 2;
   const out = new Float64Array(half);
@@ -429,7 +429,6 @@ function checkRopeScaling(s: RopeScaling | undefined): void {
   }
 }
 
-/** Weights built by hand (not by loadLlamaWeights) get the same shape checks. */
 /** Throws E_SHAPE / E_OPTION unless forward(tokens, startPos) fits the cache (`cached` valid positions of `seqLen`) and the vocabulary (both forward passes). */
 export function checkForwardArgs(tokens: ArrayLike<number>, startPos: number, cached: number, seqLen: number, vocabSize: number): void {
   const m = tokens.length;
@@ -448,7 +447,10 @@ export function checkForwardArgs(tokens: ArrayLike<number>, startPos: number, ca
   }
 }
 
-/** Throws E_SHAPE / E_NOT_FOUND unless every tensor of `w` has the shape `c` asks for (both forward passes). */
+/**
+ * Throws E_SHAPE / E_NOT_FOUND unless every tensor of `w` has the shape `c` asks for (both forward
+ * passes): weights built by hand (not by loadLlamaWeights) get the same shape checks.
+ */
 export function checkWeights(c: LlamaConfig, w: LlamaWeights): void {
   const qDim = c.nHeads * c.headDim;
   const kvDim = c.nKvHeads * c.headDim;
