@@ -11,7 +11,8 @@ import {
   matmulBackward, matmulForward, rmsnormBackward, rmsnormForward, ropeBackward, ropeForward, ropeTables, swigluBackward, swigluForward,
   type F64,
 } from '../src/train/layers.js';
-import { LINEAR_KEYS, TrainingLlama, zeroGradsLike, type TrainWeights } from '../src/train/model.js';
+import { LINEAR_KEYS } from '../src/model/weights.js';
+import { TrainingLlama, zeroGradsLike, type TrainWeights } from '../src/train/model.js';
 import { randn, rng } from './helpers.js';
 
 const H = 1e-5;

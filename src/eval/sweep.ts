@@ -8,13 +8,12 @@ import { checkOption, FluteError } from '../errors.js';
 import type { KernelBackend } from '../kernels/types.js';
 import type { LlamaConfig } from '../model/config.js';
 import { LlamaModel } from '../model/llama.js';
-import { LAYER_LINEARS, type LayerWeights, type LlamaWeights } from '../model/weights.js';
+import { LAYER_LINEARS, LINEAR_KEYS, type LayerWeights, type LlamaWeights } from '../model/weights.js';
 import { storedBytes, type Linear } from '../quant/linear.js';
 import { learnScales, NFL_FLUTE_RECIPE, type NflOptions, type NflResult } from '../quant/nfl.js';
 import { quantizeRtn, quantizeWithScales } from '../quant/rtn.js';
 import type { TableKind } from '../quant/tables.js';
 import type { Tokenizer } from '../tokenizer/types.js';
-import { LINEAR_KEYS } from '../train/model.js';
 import { evalTokens, perplexity } from './perplexity.js';
 
 /** 'nfl-flute' is NFL with FLUTE's own recipe (NFL_FLUTE_RECIPE), at g = 32 only: the recipe ablation. */

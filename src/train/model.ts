@@ -5,16 +5,13 @@
 
 import { FluteError } from '../errors.js';
 import type { LlamaConfig } from '../model/config.js';
-import { LINEAR_KEYS, type LinearKey, type LlamaWeights } from '../model/weights.js';
+import { LINEAR_KEYS, type LlamaWeights } from '../model/weights.js';
 import { dequantize, type Linear } from '../quant/linear.js';
 import {
   addInPlace, attentionBackward, attentionForward, crossEntropyBackward, crossEntropyForward, encoderBackward, encoderForward,
   matmulBackward, matmulForward, rmsnormBackward, rmsnormForward, ropeBackward, ropeForward, ropeTables, swigluBackward, swigluForward,
   type AttentionShape, type F64, type RopeTables,
 } from './layers.js';
-
-// The linear layers of a block, by the keys LayerWeights uses (the model's own list).
-export { LINEAR_KEYS, type LinearKey };
 
 export interface TrainLayer {
   attnNorm: F64; // [dim]
