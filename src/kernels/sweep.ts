@@ -129,14 +129,13 @@ interface Variant {
   readonly tolerance: number;
   readonly computeType: ComputeType;
   unsupported(layer: QuantizedLinear): string | null;
-  /** The path the last run took and its stated bound, where the backend says (wasm int8). */
-  lastPath?: { path: string; bound: number };
-  run(layer: QuantizedLinear, x: Float32Array, m: number): Promise<Float32Array>;
+  /** y, and the path the layer took with its stated bound where the backend says (wasm int8). */
+  run(layer: QuantizedLinear, x: Float32Array, m: number): Promise<{ y: Float32Array; path?: { path: string; bound: number } }>;
   dispose(): void;
 }
 
 function cpuVariant(name: string, b: KernelBackend, pathOf?: (p: PreparedLinear) => { path: string; bound: number }): Variant {
-  const v: Variant = {
+  return {
     name,
     tolerance: b.info().relTolerance ?? 1e-5,
     computeType: 'f32',
@@ -144,15 +143,13 @@ function cpuVariant(name: string, b: KernelBackend, pathOf?: (p: PreparedLinear)
     async run(layer, x, m) {
       const p = b.prepare(layer);
       try {
-        if (pathOf) v.lastPath = pathOf(p);
-        return b.matmul(p, x, m);
+        return { y: b.matmul(p, x, m), path: pathOf?.(p) };
       } finally {
         b.release(p);
       }
     },
     dispose: () => b.dispose(),
   };
-  return v;
 }
 
 function gpuVariant(name: string, b: GpuKernelBackend, computeType: ComputeType, tolerance: number): Variant {
@@ -162,7 +159,7 @@ function gpuVariant(name: string, b: GpuKernelBackend, computeType: ComputeType,
     async run(layer, x, m) {
       const p = await b.prepare(layer);
       try {
-        return await b.matmul(p, x, m, undefined, { computeType });
+        return { y: await b.matmul(p, x, m, undefined, { computeType }) };
       } finally {
         b.release(p);
       }
@@ -240,12 +237,12 @@ export async function runSweep(opts: SweepOptions): Promise<SweepReport> {
           if (!w) want.set(v.computeType, (w = ref.matmul(refPrepared, x, cfg.m, undefined, { computeType: v.computeType })));
           let result: SweepCaseResult;
           try {
-            const got = await v.run(layer, x, cfg.m);
+            const { y: got, path } = await v.run(layer, x, cfg.m);
             const relErr = relativeError(got, w);
             // f16 arithmetic rounds x to f16 as well: that error is bounded by u16 * sum|W x| per output, not
             // by |y|, so a layer whose sums cancel gets that much more (FLUTE's 2e-3 presumes no cancellation).
             const allowance = v.computeType === 'f16' ? F16_UNIT * frobenius(magnitude ??= absProduct(ref, layer, x, cfg.m)) / Math.max(frobenius(w), Number.MIN_VALUE) : 0;
-            result = { variant: v.name, id, relErr, tolerance: v.tolerance, ok: relErr <= v.tolerance + allowance, path: v.lastPath?.path, pathBound: v.lastPath?.bound };
+            result = { variant: v.name, id, relErr, tolerance: v.tolerance, ok: relErr <= v.tolerance + allowance, path: path?.path, pathBound: path?.bound };
           } catch (e) {
             result = { variant: v.name, id, relErr: NaN, tolerance: v.tolerance, ok: false, error: e instanceof FluteError ? `${e.code}: ${e.message}` : String(e) };
           }
