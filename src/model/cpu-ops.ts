@@ -205,8 +205,9 @@ export class CpuOps {
   }
 
   /**
-   * A memory of `floats` f32 (plus 8 per buffer of padding, see alloc) and its module; null when
-   * WebAssembly SIMD is missing or the memory is too large or cannot be had.
+   * A memory for buffers of `sizes` f32 each (each rounded up to 4 floats plus 4 of padding, see
+   * alloc) and its module; null when WebAssembly SIMD is missing or the memory is too large or
+   * cannot be had.
    */
   static create(sizes: readonly number[]): CpuOps | null {
     if (typeof WebAssembly === 'undefined') return null;

@@ -28,7 +28,6 @@ export interface GpuLlamaModelOptions {
   readonly onProgress?: (done: number, total: number, name: string) => void;
 }
 
-
 /** One transformer block's device buffers and the op bind groups over them (made once). */
 interface GpuLayer {
   readonly linears: Record<LinearKey, GpuPreparedLinear>;
