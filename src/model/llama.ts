@@ -291,17 +291,17 @@ export class LlamaModel {
   private project(p: Projections, x: Float32Array, m: number, outs: readonly Float32Array[], widths: readonly number[]): void {
     const mm = this.mmOpts;
     if (p.length === outs.length) {
-      p.forEach((lin, j) => this.backend.matmul(lin, x, m, outs[j].subarray(0, m * widths[j]), mm));
+      for (let j = 0; j < p.length; j++) this.backend.matmul(p[j], x, m, outs[j].subarray(0, m * widths[j]), mm);
       return;
     }
-    const total = widths.reduce((a, w) => a + w, 0);
+    let total = 0;
+    for (const w of widths) total += w;
     const y = this.backend.matmul(p[0], x, m, this.state.stacked.subarray(0, m * total), mm); // [m, total]
-    for (let i = 0; i < m; i++) {
-      let at = i * total;
-      outs.forEach((out, j) => {
-        out.set(y.subarray(at, at + widths[j]), i * widths[j]);
+    for (let i = 0, at = 0; i < m; i++) {
+      for (let j = 0; j < outs.length; j++) {
+        outs[j].set(y.subarray(at, at + widths[j]), i * widths[j]);
         at += widths[j];
-      });
+      }
     }
   }
 
