@@ -280,14 +280,13 @@ test('stacked q/k/v and gate/up projections give the separate matmuls\' logits b
     assert.equal(stackRows([q0.wq, d0.wk]), null, 'mixed kinds are not stacked');
     assert.equal(stackRows([q0.w1, { ...(q0.w3 as QuantizedLinear), groupSize: 64 }]), null, 'other group sizes are not stacked');
     for (const be of [backend, wasm]) {
-      const w = nf4;
       const seen: number[] = [];
       const counting: KernelBackend = Object.assign(Object.create(be) as KernelBackend, { prepare: (l: Linear) => (seen.push(l.n), be.prepare(l)) });
       // refusing the stacked shapes makes the model run the parts one by one
       const unstacked: KernelBackend = Object.assign(Object.create(be) as KernelBackend, { unsupported: (l: Linear) => (stackedRows.has(l.n) ? 'no stacks' : be.unsupported(l)) });
-      const stacked = new LlamaModel(config, w, counting).forward(ids, 0, { allLogits: true }).slice();
+      const stacked = new LlamaModel(config, nf4, counting).forward(ids, 0, { allLogits: true }).slice();
       assert.equal(seen.filter((n) => stackedRows.has(n)).length, 2 * config.nLayers, `${be.name}: every layer stacks q/k/v and gate/up`);
-      const separate = new LlamaModel(config, w, unstacked).forward(ids, 0, { allLogits: true });
+      const separate = new LlamaModel(config, nf4, unstacked).forward(ids, 0, { allLogits: true });
       assert.equal(stacked.length, separate.length);
       for (let i = 0; i < separate.length; i++) if (!Object.is(stacked[i], separate[i])) assert.fail(`${be.name}: logit ${i}: ${stacked[i]} stacked vs ${separate[i]} separate`);
     }
