@@ -100,7 +100,7 @@ test('matmul backward matches finite differences (input and weight), odd shapes'
 test('RoPE backward matches finite differences in both layouts', () => {
   const r = rng(5);
   const T = 4, heads = 3, hd = 6;
-  const tab = ropeTables(T, hd, 10000);
+  const tab = ropeTables(T, { headDim: hd, ropeTheta: 10000 });
   for (const interleaved of [true, false]) {
     const x = randF64(r, T * heads * hd), R = randF64(r, T * heads * hd);
     const f = () => {

@@ -48,16 +48,20 @@ test('the TinyStories split keeps whole stories apart: evaluation first, calibra
   assert.ok(evalTokens(tokenizer, split.calibration).length >= 128 * 256, 'calibration part too short');
 });
 
-test('training forward logits equal LlamaModel.forward on the bundled model, dense and NF3', () => {
+test('training forward logits equal LlamaModel.forward on the bundled model, dense and NF3, with and without RoPE scaling', () => {
   // The inference pass stores every activation in f32 (relative rounding 6e-8 per step, ~50 steps
   // deep) while the training pass keeps f64; logits are O(10), so their difference is ~1e-5 at most
   // (measured 7e-6 over 256 tokens). 1e-4 allows for that and catches any real difference (a wrong
   // layer is off by O(1)).
+  // The scaled-RoPE case (LLaMA 3's rule, thresholds set so stories260K's four frequencies per head
+  // fall in all three bands: kept, blended, divided) checks that both passes apply config.ropeScaling.
   const tokens = evalIds.slice(0, 64);
-  for (const [name, w] of [['fp32', dense], ['nf3 g32', quantizeLlamaWeights(dense, { bits: 3, groupSize: 32, tableKind: 'nf' })]] as const) {
-    const model = new LlamaModel(config, w, createRefBackend(), { maxBatch: 64 });
+  const scaled = { ...config, ropeScaling: { type: 'llama3', factor: 8, lowFreqFactor: 1, highFreqFactor: 4, originalMaxPositions: 64 } } as const;
+  const nf3 = quantizeLlamaWeights(dense, { bits: 3, groupSize: 32, tableKind: 'nf' });
+  for (const [name, w, c] of [['fp32', dense, config], ['nf3 g32', nf3, config], ['nf3 g32, llama3 RoPE scaling', nf3, scaled]] as const) {
+    const model = new LlamaModel(c, w, createRefBackend(), { maxBatch: 64 });
     const want = model.forward(tokens, 0, { allLogits: true }); // [64, vocab]
-    const train = new TrainingLlama(config, trainWeightsFrom(w), 64);
+    const train = new TrainingLlama(c, trainWeightsFrom(w), 64);
     train.forward(tokens);
     let worst = 0;
     for (let i = 0; i < want.length; i++) worst = Math.max(worst, Math.abs(want[i] - train.logits[i]));

@@ -334,12 +334,15 @@ function addBias(x: Float32Array, b: Float32Array, m: number): void {
   for (let i = 0; i < m; i++) for (let j = 0; j < n; j++) x[i * n + j] += b[j];
 }
 
+/** The config fields RoPE's rotation depends on. */
+export type RopeConfig = Pick<LlamaConfig, 'headDim' | 'ropeTheta' | 'ropeScaling'>;
+
 /**
  * cos and sin of position p times pair i's frequency, [seqLen, headDim/2] each (f64 angles rounded to
  * f32): the rotation tables of both forward passes (this file and llama-gpu.ts). Pair i's frequency is
  * theta^(-2i/headDim), then scaled (ropeInvFreq), in both layouts; only which elements pair up differs.
  */
-export function ropeTables(c: LlamaConfig, seqLen: number): { cos: Float32Array; sin: Float32Array } {
+export function ropeTables(c: RopeConfig, seqLen: number): { cos: Float32Array; sin: Float32Array } {
   const half = c.headDim / 2;
   const invFreq = ropeInvFreq(c); // [headDim/2]
   const cos = new Float32Array(seqLen * half);
@@ -363,7 +366,7 @@ export function ropeTables(c: LlamaConfig, seqLen: number): { cos: Float32Array;
  *    s = (L / w_i - lowFreqFactor) / (highFreqFactor - lowFreqFactor).
  * Both forward passes rotate by these through ropeTables.
  */
-export function ropeInvFreq(c: LlamaConfig): Float64Array {
+export function ropeInvFreq(c: RopeConfig): Float64Array {
   const half = c.headDim / 2;
   const out = new Float64Array(half);
   for (let i = 0; i < half; i++) out[i] = scaleRopeFreq(Math.pow(c.ropeTheta, (-2 * i) / c.headDim), c.ropeScaling);

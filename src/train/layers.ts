@@ -8,6 +8,8 @@
 // over tens of thousands of terms, and the finite-difference checks (test/backward.test.ts) are then
 // good to ~1e-9 rather than to f32's ~1e-3.
 
+import { ropeTables as inferenceRopeTables, type RopeConfig } from '../model/llama.js';
+
 export type F64 = Float64Array;
 
 // ---------------------------------------------------------------------------------------------
@@ -157,20 +159,14 @@ export function matmulBackward(dinp: F64 | null, dw: F64 | null, dout: F64, inp:
 
 export type RopeTables = { readonly cos: F64; readonly sin: F64 }; // each [T, hd/2]
 
-/** cos/sin of pos * theta^(-2i/hd) for positions 0..T-1, the frequencies src/model/llama.ts uses. */
-export function ropeTables(T: number, hd: number, theta: number): RopeTables {
-  const half = hd / 2;
-  const cos = new Float64Array(T * half);
-  const sin = new Float64Array(T * half);
-  for (let p = 0; p < T; p++) {
-    for (let i = 0; i < half; i++) {
-      const angle = p * Math.pow(theta, (-2 * i) / hd);
-      // Rounded to f32 as the inference pass stores them, so both compute the same function.
-      cos[p * half + i] = Math.fround(Math.cos(angle));
-      sin[p * half + i] = Math.fround(Math.sin(angle));
-    }
-  }
-  return { cos, sin };
+/**
+ * cos/sin of position p times pair i's frequency for p = 0..T-1, [T, hd/2] each: the inference pass's
+ * own tables (src/model/llama.ts ropeTables, config.ropeScaling applied, values rounded to f32), so the
+ * training pass rotates exactly as the model it learns scales for.
+ */
+export function ropeTables(T: number, rope: RopeConfig): RopeTables {
+  const { cos, sin } = inferenceRopeTables(rope, T);
+  return { cos: Float64Array.from(cos), sin: Float64Array.from(sin) };
 }
 
 /**

@@ -142,7 +142,7 @@ export class TrainingLlama {
     this.xbF = f(maxT * c.dim);
     this.logits = f(maxT * c.vocabSize);
     this.probs = f(maxT * c.vocabSize);
-    this.rope = ropeTables(maxT, c.headDim, c.ropeTheta);
+    this.rope = ropeTables(maxT, c);
     this.dx = f(maxT * c.dim);
     this.dxb = f(maxT * c.dim);
     this.dq = f(maxT * qDim);
