@@ -48,7 +48,7 @@ test('the TinyStories split keeps whole stories apart: evaluation first, calibra
   assert.ok(evalTokens(tokenizer, split.calibration).length >= 128 * 256, 'calibration part too short');
 });
 
-test('training forward logits equal LlamaModel.forward on the bundled model, dense and NF3, with and without RoPE scaling', () => {
+test('training forward logits equal LlamaModel.forward on the bundled model, dense and NF3, with RoPE scaling and with q/k/v biases', () => {
   // The inference pass stores every activation in f32 (relative rounding 6e-8 per step, ~50 steps
   // deep) while the training pass keeps f64; logits are O(10), so their difference is ~1e-5 at most
   // (measured 7e-6 over 256 tokens). 1e-4 allows for that and catches any real difference (a wrong
@@ -57,8 +57,15 @@ test('training forward logits equal LlamaModel.forward on the bundled model, den
   // fall in all three bands: kept, blended, divided) checks that both passes apply config.ropeScaling.
   const tokens = evalIds.slice(0, 64);
   const scaled = { ...config, ropeScaling: { type: 'llama3', factor: 8, lowFreqFactor: 1, highFreqFactor: 4, originalMaxPositions: 64 } } as const;
+  // The biased case (Qwen2's q/k/v biases, random, of the size of the projections' outputs) checks
+  // that the training pass adds them.
   const nf3 = quantizeLlamaWeights(dense, { bits: 3, groupSize: 32, tableKind: 'nf' });
-  for (const [name, w, c] of [['fp32', dense, config], ['nf3 g32', nf3, config], ['nf3 g32, llama3 RoPE scaling', nf3, scaled]] as const) {
+  const biasedConfig = { ...config, qkvBias: true };
+  const bias = (n: number, seed: number) => Float32Array.from({ length: n }, (_, i) => Math.sin(seed * 7.1 + i * 1.3));
+  const qDim = config.nHeads * config.headDim, kvDim = config.nKvHeads * config.headDim;
+  const biased = { ...nf3, layers: nf3.layers.map((L, l) => ({ ...L, bq: bias(qDim, 3 * l), bk: bias(kvDim, 3 * l + 1), bv: bias(kvDim, 3 * l + 2) })) };
+  const cases = [['fp32', dense, config], ['nf3 g32', nf3, config], ['nf3 g32, llama3 RoPE scaling', nf3, scaled], ['nf3 g32, q/k/v biases', biased, biasedConfig]] as const;
+  for (const [name, w, c] of cases) {
     const model = new LlamaModel(c, w, createRefBackend(), { maxBatch: 64 });
     const want = model.forward(tokens, 0, { allLogits: true }); // [64, vocab]
     const train = new TrainingLlama(c, trainWeightsFrom(w), 64);

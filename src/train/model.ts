@@ -8,7 +8,7 @@ import type { LlamaConfig } from '../model/config.js';
 import { LINEAR_KEYS, type LlamaWeights } from '../model/weights.js';
 import { dequantize, type Linear } from '../quant/linear.js';
 import {
-  addInPlace, attentionBackward, attentionForward, crossEntropyBackward, crossEntropyForward, encoderBackward, encoderForward,
+  addInPlace, addRowBias, attentionBackward, attentionForward, crossEntropyBackward, crossEntropyForward, encoderBackward, encoderForward,
   matmulBackward, matmulForward, rmsnormBackward, rmsnormForward, ropeBackward, ropeForward, ropeTables, swigluBackward, swigluForward,
   type AttentionShape, type F64, type RopeTables,
 } from './layers.js';
@@ -23,6 +23,11 @@ export interface TrainLayer {
   w1: F64; // [hiddenDim, dim] gate
   w2: F64; // [dim, hiddenDim] down
   w3: F64; // [hiddenDim, dim] up
+  // q/k/v biases (config.qkvBias, Qwen2): constants added after the projections. Never trained, and an
+  // added constant leaves every input gradient as it is, so backward() needs nothing for them.
+  bq?: F64; // [qDim]
+  bk?: F64; // [kvDim]
+  bv?: F64; // [kvDim]
 }
 
 /** f64 weights. The arrays may be changed between steps (NFL rewrites the dequantized linears). */
@@ -52,6 +57,7 @@ export function trainWeightsFrom(w: LlamaWeights): TrainWeights {
     layers: w.layers.map((L) => ({
       attnNorm: Float64Array.from(L.attnNorm), ffnNorm: Float64Array.from(L.ffnNorm),
       wq: toF64(L.wq), wk: toF64(L.wk), wv: toF64(L.wv), wo: toF64(L.wo), w1: toF64(L.w1), w2: toF64(L.w2), w3: toF64(L.w3),
+      ...(L.bq && L.bk && L.bv ? { bq: Float64Array.from(L.bq), bk: Float64Array.from(L.bk), bv: Float64Array.from(L.bv) } : {}),
     })),
     finalNorm: Float64Array.from(w.finalNorm),
     output: tied ? tokenEmbedding : toF64(w.output),
@@ -191,6 +197,12 @@ export class TrainingLlama {
       matmulForward(a.q, a.xb1, L.wq, T, dim, qDim);
       matmulForward(a.k, a.xb1, L.wk, T, dim, kvDim);
       matmulForward(a.v, a.xb1, L.wv, T, dim, kvDim);
+      if (c.qkvBias) {
+        if (!L.bq || !L.bk || !L.bv) throw new FluteError('E_NOT_FOUND', `training forward: layer ${l}: config.qkvBias is set but the q/k/v biases are missing`);
+        addRowBias(a.q, L.bq, T);
+        addRowBias(a.k, L.bk, T);
+        addRowBias(a.v, L.bv, T);
+      }
       ropeForward(a.q, T, nHeads, headDim, interleaved, this.rope);
       ropeForward(a.k, T, nKvHeads, headDim, interleaved, this.rope);
       attentionForward(a.attOut, a.att, a.q, a.k, a.v, shape);
