@@ -29,7 +29,7 @@ export { quantizeModelToBytes, DECODER_LINEAR, type QuantizeModelOptions, type Q
 export { buildTable, nfTable, TABLE_KINDS, type TableKind } from './quant/tables.js';
 export { dequantize, bitsPerWeight, type QuantizedLinear, type DenseLinear, type Linear, type ComputeType } from './quant/linear.js';
 export { packIndices, unpackIndices, packedRowBytes } from './quant/packing.js';
-export { createBackend, type BackendName } from './kernels/registry.js';
+export { createBackend, type BackendName, type BackendOptions, type WasmOnlyOptions } from './kernels/registry.js';
 export type { KernelBackend, PreparedLinear } from './kernels/types.js';
 export { createRefBackend } from './kernels/ref/index.js';
 export { wasmCapabilities, type WasmCapabilities } from './kernels/wasm/index.js';

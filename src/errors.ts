@@ -30,6 +30,16 @@ export function checkOption(cond: boolean, what: string, expected: string, got: 
   if (!cond) throw new FluteError('E_OPTION', `${what}: expected ${expected}, got ${formatValue(got)}`);
 }
 
+/**
+ * Refuses keys an options object does not define: JavaScript callers get no type check, and a misspelt
+ * or misplaced option would otherwise be dropped without a word. `hint(key)` may add a sentence.
+ */
+export function checkOptionKeys(opts: object, allowed: readonly string[], what: string, hint: (key: string) => string = () => ''): void {
+  for (const key of Object.keys(opts)) {
+    if (!allowed.includes(key)) throw new FluteError('E_OPTION', `${what}: unknown option ${JSON.stringify(key)}, expected one of ${allowed.join(', ')}${hint(key)}`);
+  }
+}
+
 export function formatValue(v: unknown): string {
   if (typeof v === 'string') return JSON.stringify(v);
   if (typeof v === 'number' || typeof v === 'boolean' || v === null || v === undefined) return String(v);

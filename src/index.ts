@@ -20,7 +20,7 @@ export { quantizeModel, quantizeModelToBytes, type QuantizeModelOptions, type Qu
 export { buildTable, nfTable, TABLE_KINDS, type TableKind } from './quant/tables.js';
 export { dequantize, bitsPerWeight, type QuantizedLinear, type DenseLinear, type Linear, type ComputeType } from './quant/linear.js';
 export { packIndices, unpackIndices, packedRowBytes } from './quant/packing.js';
-export { createBackend, createModelBackend, MODEL_BACKEND_NAMES, type BackendName, type ModelBackendName, type ModelBackendChoice } from './kernels/registry.js';
+export { createBackend, createModelBackend, MODEL_BACKEND_NAMES, type BackendName, type ModelBackendName, type ModelBackendChoice, type BackendOptions, type WasmOnlyOptions } from './kernels/registry.js';
 export { GpuDeviceLostError, isDeviceLost } from './kernels/webgpu/device-lost.js';
 export type { KernelBackend, PreparedLinear } from './kernels/types.js';
 export { createRefBackend } from './kernels/ref/index.js';

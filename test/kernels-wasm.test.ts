@@ -10,7 +10,10 @@ import { packIndices } from '../src/quant/packing.js';
 import { buildTable } from '../src/quant/tables.js';
 import { quantizeRtn } from '../src/quant/rtn.js';
 import { createRefBackend } from '../src/kernels/ref/index.js';
+import { createBackend, createModelBackend } from '../src/kernels/registry.js';
 import type { KernelBackend } from '../src/kernels/types.js';
+import { loadModel } from '../src/model/load.js';
+import { bundledModelPath } from '../src/cli/paths.js';
 import { INT_PATH_MAX_REL_ERROR, affineOffset, createWasmBackend, packForWasm, wasmCapabilities, type WasmKernelBackend, type WasmMatmulOptions } from '../src/kernels/wasm/index.js';
 import { buildKernelModule } from '../src/kernels/wasm/codegen.js';
 import { FuncBuilder, I32, ModuleBuilder, Op } from '../src/kernels/wasm/encoder.js';
@@ -499,6 +502,31 @@ test('wasm bad inputs: wrong x length, M, output size, foreign or released layer
   await assert.rejects(createWasmBackend({ activations: 'f16' as never }), isCode('E_OPTION'));
   await assert.rejects(createWasmBackend({ activationBlock: 48 }), isCode('E_OPTION'));
   await assert.rejects(createWasmBackend({ relaxed8: 'yes' as never }), isCode('E_OPTION'));
+});
+
+test('createBackend and loadModel pass the wasm options through; misplaced, unknown or invalid ones are refused, never dropped', async () => {
+  const plain = await createBackend('wasm', { threads: 1, wasm: { relaxed: false } });
+  assert.ok(!plain.info().variant.includes('relaxed'), plain.info().variant);
+  plain.dispose();
+  if (caps.relaxed) {
+    for (const dot of ['split', 'fused'] as const) {
+      const be = await createBackend('wasm', { threads: 1, wasm: { relaxedDot: dot } });
+      // the forced form runs unless this engine rejected it (then SIMD128 runs and says so)
+      assert.ok(be.info().variant.includes(`${dot} dot`) || !be.info().variant.includes('relaxed'), be.info().variant);
+      be.dispose();
+    }
+  }
+  const misplaced = /unknown option "relaxedDot".*wasm: \{ relaxedDot/;
+  await assert.rejects(createBackend('wasm', { relaxedDot: 'split' } as never), (e: unknown) => isCode('E_OPTION')(e) && misplaced.test((e as Error).message));
+  await assert.rejects(createBackend('auto', { relaxedDot: 'split' } as never), isCode('E_OPTION'));
+  await assert.rejects(createModelBackend('wasm', { relaxedDot: 'split' } as never), isCode('E_OPTION'));
+  await assert.rejects(createBackend('wasm', { wasm: { threads: 2 } as never }), (e: unknown) => isCode('E_OPTION')(e) && /top level/.test((e as Error).message));
+  await assert.rejects(createWasmBackend({ relaxDot: 'split' } as never), (e: unknown) => isCode('E_OPTION')(e) && /"relaxDot"/.test((e as Error).message));
+  // auto falls back to the reference backend only where wasm cannot run, not on the caller's bad option
+  await assert.rejects(createBackend('auto', { wasm: { activations: 'f16' as never } }), isCode('E_OPTION'));
+  const loaded = await loadModel(bundledModelPath(), { backend: 'wasm', threads: 1, wasm: { relaxed: false } });
+  assert.ok(!loaded.backend.info().variant.includes('relaxed'), loaded.backend.info().variant);
+  loaded.dispose();
 });
 
 test('wasm memory: layers too big for the cap are refused up front; release reuses space; growth keeps old layers valid', async () => {

@@ -2,31 +2,47 @@
 // can run here (WebAssembly when available, else the reference) and says which it took. Whole models
 // may also run on WebGPU: createModelBackend() adds 'webgpu' and an `auto` that prefers a real GPU.
 
-import { FluteError } from '../errors.js';
+import { FluteError, checkOptionKeys } from '../errors.js';
 import { createRefBackend } from './ref/index.js';
 import type { KernelBackend } from './types.js';
+import type { WasmBackendOptions } from './wasm/index.js';
 import type { GpuKernelBackend } from './webgpu/types.js';
 
 export type BackendName = 'ref' | 'wasm';
 export const BACKEND_NAMES: readonly BackendName[] = ['ref', 'wasm'];
 
+/** The wasm backend's own options (relaxed SIMD, activation path, memory); threads is BackendOptions'. */
+export type WasmOnlyOptions = Omit<WasmBackendOptions, 'threads'>;
+
 export interface BackendOptions {
   /** Worker threads for backends that use them; default: the cores available. */
   readonly threads?: number;
+  /** Options that only the wasm backend reads; the reference backend ignores them. */
+  readonly wasm?: WasmOnlyOptions;
+}
+
+/** The likeliest place for a key the CPU backends' options lack: the wasm backend's own options. */
+const wasmHint = (key: string) => `; an option of the wasm backend alone goes under "wasm": { wasm: { ${key}: ... } }`;
+
+function checkCpuOptions(opts: BackendOptions, allowed: readonly string[]): void {
+  checkOptionKeys(opts, allowed, 'backend options', wasmHint);
+  if (opts.wasm && 'threads' in opts.wasm) throw new FluteError('E_OPTION', 'backend options: wasm.threads: give threads at the top level, { threads }');
 }
 
 type Factory = (opts: BackendOptions) => Promise<KernelBackend>;
 
 const FACTORIES: Record<BackendName, Factory> = {
   ref: async () => createRefBackend(),
-  wasm: async (opts) => (await import('./wasm/index.js')).createWasmBackend({ threads: opts.threads }),
+  wasm: async (opts) => (await import('./wasm/index.js')).createWasmBackend({ ...opts.wasm, threads: opts.threads }),
 };
 
 export async function createBackend(name: BackendName | 'auto', opts: BackendOptions = {}): Promise<KernelBackend> {
+  checkCpuOptions(opts, ['threads', 'wasm']);
   if (name === 'auto') {
     try {
       return await FACTORIES.wasm(opts);
-    } catch {
+    } catch (e) {
+      if (e instanceof FluteError && e.code === 'E_OPTION') throw e; // the caller's mistake, not a missing runtime feature
       return FACTORIES.ref(opts);
     }
   }
@@ -58,12 +74,14 @@ export type ModelBackendChoice =
  * slower than the wasm kernels on the same cores, so auto never takes one. 'webgpu' takes any adapter.
  */
 export async function createModelBackend(name: ModelBackendName | 'auto', opts: ModelBackendOptions = {}): Promise<ModelBackendChoice> {
+  checkCpuOptions(opts, ['threads', 'wasm', 'gpuPrecision']);
+  const cpuOpts: BackendOptions = { threads: opts.threads, wasm: opts.wasm };
   if (name === 'webgpu') {
     const { createWebGpuBackend, adapterName } = await import('./webgpu/index.js');
     const backend = await createWebGpuBackend({ precision: opts.gpuPrecision ?? 'auto' });
     return { kind: 'gpu', backend, reason: `--backend webgpu: ${adapterName(backend.adapter())} via ${backend.adapter().via}` };
   }
-  if (name !== 'auto') return { kind: 'cpu', backend: await createBackend(name, opts), reason: `--backend ${name}` };
+  if (name !== 'auto') return { kind: 'cpu', backend: await createBackend(name, cpuOpts), reason: `--backend ${name}` };
   let why: string;
   try {
     const { webgpuAvailable, isSoftwareAdapter, adapterName, createWebGpuBackend } = await import('./webgpu/index.js');
@@ -78,6 +96,6 @@ export async function createModelBackend(name: ModelBackendName | 'auto', opts: 
   } catch (e) {
     why = `WebGPU failed to start (${(e as Error).message})`;
   }
-  const backend = await createBackend('auto', opts);
+  const backend = await createBackend('auto', cpuOpts);
   return { kind: 'cpu', backend, reason: `auto: ${backend.name === 'wasm' ? 'WebAssembly' : 'the reference backend (WebAssembly unavailable)'}, since ${why}` };
 }

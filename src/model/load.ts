@@ -4,7 +4,7 @@
 // Hugging Face one when it has one (tokenizer.json), else llama2.c's.
 
 import { fetchBytes, memorySource } from '../format/source.js';
-import { createBackend, createModelBackend, type BackendName, type ModelBackendChoice, type ModelBackendName } from '../kernels/registry.js';
+import { createBackend, createModelBackend, type BackendName, type ModelBackendChoice, type ModelBackendName, type WasmOnlyOptions } from '../kernels/registry.js';
 import type { BackendInfo, KernelBackend } from '../kernels/types.js';
 import type { GpuDeviceLostError } from '../kernels/webgpu/device-lost.js';
 import type { GpuKernelBackend } from '../kernels/webgpu/types.js';
@@ -24,6 +24,8 @@ export interface LoadModelOptions {
    */
   readonly backend?: KernelBackend | GpuKernelBackend | ModelBackendName | 'auto';
   readonly threads?: number;
+  /** Options of the wasm backend alone (relaxed SIMD, activation path, memory), when this call creates one. */
+  readonly wasm?: WasmOnlyOptions;
   /** A llama2.c tokenizer file, when the model does not carry or sit beside one. */
   readonly tokenizer?: string;
   readonly maxBatch?: number;
@@ -137,8 +139,9 @@ export async function loadOpenedModel(src: OpenedModel, opts: LoadModelOptions =
       src.quantized.has(name) ? src.readQuantized(name) : undefined,
     );
     const owned = typeof opts.backend !== 'object';
+    const cpuOpts = { threads: opts.threads, wasm: opts.wasm };
     let choice: ModelBackendChoice = typeof opts.backend !== 'object'
-      ? await createModelBackend(opts.backend ?? 'auto', { threads: opts.threads })
+      ? await createModelBackend(opts.backend ?? 'auto', cpuOpts)
       : opts.backend.name === 'webgpu'
         ? { kind: 'gpu', backend: opts.backend as GpuKernelBackend, reason: 'the caller\'s WebGPU backend' }
         : { kind: 'cpu', backend: opts.backend as KernelBackend, reason: `the caller's ${opts.backend.name} backend` };
@@ -154,7 +157,7 @@ export async function loadOpenedModel(src: OpenedModel, opts: LoadModelOptions =
         if (opts.backend !== undefined && opts.backend !== 'auto') throw e;
         choice.backend.dispose();
         backends.length = 0;
-        const cpu = await createBackend('auto', { threads: opts.threads });
+        const cpu = await createBackend('auto', cpuOpts);
         backends.push(cpu);
         choice = { kind: 'cpu', backend: cpu, reason: `auto: ${cpu.name}, since the model failed to build on WebGPU (${(e as Error).message})` };
         current = cpu;
@@ -165,7 +168,7 @@ export async function loadOpenedModel(src: OpenedModel, opts: LoadModelOptions =
         const gpuName = choice.backend.info().variant.split(';')[0];
         model = new FallbackModel(model, {
           create: async () => {
-            const cpu = await createBackend(fallback, { threads: opts.threads });
+            const cpu = await createBackend(fallback, cpuOpts);
             backends.push(cpu);
             current = cpu;
             return new LlamaModel(src.config, weights, cpu, modelOpts);

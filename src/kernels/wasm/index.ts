@@ -66,7 +66,7 @@
 // exact path. Pass activations: 'f32' (per backend or per matmul) to reproduce the reference to f32
 // rounding, e.g. to pin greedy text against the reference backend.
 
-import { FluteError, checkOption } from '../../errors.js';
+import { FluteError, checkOption, checkOptionKeys } from '../../errors.js';
 import { dequantize, validateQuantizedLinear, type Linear, type QuantizedLinear } from '../../quant/linear.js';
 import { IQ4NL_VALUES } from '../../quant/tables.js';
 import { checkMatmulArgs } from '../check.js';
@@ -755,8 +755,9 @@ function selfCheck(be: WasmBackend): void {
  * that vector in a register), and V8 11's Liftoff tier computes the fused form wrongly inside our
  * kernels (self-check: y = 28.24 against 14.21, as if its temporary register were the accumulator's).
  * Measured, 1-thread decode of a 1B-shape IQ4_NL model on a Zen 5 with AVX-VNNI, split against fused
- * in one process: Node 20 (V8 11.3) 25.2 against 13.6 tok/s, Node 22 (V8 12.4) 24.5 against 19.6,
- * Node 24 (V8 13.6) 25.3 against 29.7, Node 26 (V8 14.6) 24.9 against 29.2. So Node on x64 puts the
+ * in one process: Node 22 (V8 12.4) 24.5 against 19.6 tok/s, Node 24 (V8 13.6) 25.3 against 29.7,
+ * Node 26 (V8 14.6) 24.9 against 29.2; on Node 20 (V8 11.3) split gives 25.2, and fused, rejected by
+ * that self-check, leaves the SIMD128 kernels (13.6). So Node on x64 puts the
  * fused form first only from V8 13 and, where /proc/cpuinfo can say, on a CPU with AVX-VNNI (without
  * it V8 falls back to the five-instruction form). Browsers cannot ask; there fused goes first.
  */
@@ -786,7 +787,14 @@ function cpuHasAvxVnni(): Promise<boolean> {
  * starts the workers, self-checks the chosen variant (falling back from relaxed to SIMD128 when it
  * disagrees with the reference) and reports what runs in info().variant.
  */
+/** Every key of WasmBackendOptions (a Record, so the compiler keeps the list complete). */
+const WASM_OPTION_KEYS: Record<keyof WasmBackendOptions, true> = {
+  threads: true, relaxed: true, relaxedDot: true, relaxed8: true, initialMemoryMiB: true, maxMemoryMiB: true,
+  activations: true, activationBlock: true, barrierTimeoutMs: true,
+};
+
 export async function createWasmBackend(opts: WasmBackendOptions = {}): Promise<WasmKernelBackend> {
+  checkOptionKeys(opts, Object.keys(WASM_OPTION_KEYS), 'wasm backend options');
   const relaxedOpt = opts.relaxed ?? 'auto';
   checkOption(relaxedOpt === 'auto' || typeof relaxedOpt === 'boolean', 'wasm relaxed', '"auto", true or false', relaxedOpt);
   const activations = opts.activations ?? 'int8';
