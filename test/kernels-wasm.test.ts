@@ -497,6 +497,7 @@ test('wasm bad inputs: wrong x length, M, output size, foreign or released layer
   assert.throws(() => be.intPath(ref.prepare(layer)), isCode('E_BACKEND'));
   be.release(p);
   assert.throws(() => be.matmul(p, new Float32Array(64), 1), isCode('E_BACKEND'));
+  assert.throws(() => be.intPath(p), isCode('E_BACKEND'));
   await assert.rejects(createWasmBackend({ threads: 0 }), isCode('E_OPTION'));
   await assert.rejects(createWasmBackend({ threads: 1.5 }), isCode('E_OPTION'));
   await assert.rejects(createWasmBackend({ activations: 'f16' as never }), isCode('E_OPTION'));

@@ -392,6 +392,7 @@ class WasmBackend implements WasmKernelBackend {
   intPath(layer: PreparedLinear): { path: WasmIntPath; bound: number } {
     this.alive();
     if (layer.backend !== 'wasm') throw new FluteError('E_BACKEND', 'wasm intPath: the layer was prepared by another backend');
+    if ((layer.data as WasmLayerData).released) throw new FluteError('E_BACKEND', 'wasm intPath: the layer was released');
     const cbs = (layer.data as WasmLayerData).codebooks;
     if (!cbs) return { path: 'exact', bound: 0 };
     const path = intPathFor(this.core, cbs);
