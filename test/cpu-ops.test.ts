@@ -2,7 +2,7 @@
 // (f64 arithmetic), within error bounds derived from f32 rounding; exp's worst ulp error over a sweep.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { CpuOps, attentionJs, swigluJs } from '../src/model/cpu-ops.js';
+import { CpuOps, attentionJs, attentionScratchFloats, swigluJs } from '../src/model/cpu-ops.js';
 import { mulberry32 } from '../src/rng.js';
 
 const U = 2 ** -24; // f32 unit roundoff
@@ -115,15 +115,20 @@ test('cpu-ops: attention matches the JS loop (GQA groups 1/4/8, head sizes 4..12
     { nHeads: 16, nKvHeads: 2, headDim: 8 },
     { nHeads: 8, nKvHeads: 2, headDim: 4 },
     { nHeads: 4, nKvHeads: 1, headDim: 128 },
+    // the value slices of 8, 4 and 1 vectors: 60 = 8 + 4 + 3 x 1 vectors, 12 = 3 x 1, 96 = 3 x 8
+    { nHeads: 6, nKvHeads: 3, headDim: 60 },
+    { nHeads: 4, nKvHeads: 2, headDim: 12 },
+    { nHeads: 2, nKvHeads: 2, headDim: 96 },
   ];
   const rand = rng(3);
   for (const { nHeads, nKvHeads, headDim } of shapes) {
     const qDim = nHeads * headDim;
     const kvDim = nKvHeads * headDim;
     const cache = nLayers * maxCount * kvDim;
-    const ops = needOps([cache, cache, qDim, qDim, maxCount + 4]);
+    const sizes = [cache, cache, qDim, qDim, attentionScratchFloats(maxCount, nHeads / nKvHeads)];
+    const ops = needOps(sizes);
     if (!ops) return t.skip('WebAssembly SIMD unavailable (not CI)');
-    const [kc, vc, q, att, scores32] = [cache, cache, qDim, qDim, maxCount + 4].map((n) => ops.alloc(n));
+    const [kc, vc, q, att, scores32] = sizes.map((n) => ops.alloc(n));
     for (let i = 0; i < cache; i++) [kc[i], vc[i]] = [(rand() - 0.5) * 4, (rand() - 0.5) * 4];
     const group = nHeads / nKvHeads;
     const scale = 1 / Math.sqrt(headDim);

@@ -72,6 +72,11 @@ function emitExp(f: FuncBuilder, x: number, k: number, r: number, p: number, ki:
   f.simd(S.f32x4_mul);
 }
 
+/** i8x16.shuffle lanes picking f32 lanes a, b, c, d of two f32x4 (0-3: the first, 4-7: the second). */
+function f32Lanes(...lanes: number[]): number[] {
+  return lanes.flatMap((l) => [4 * l, 4 * l + 1, 4 * l + 2, 4 * l + 3]);
+}
+
 /** Pushes the f32 sum of a v128 local's lanes, (l0 + l1) + (l2 + l3). */
 function emitHsum(f: FuncBuilder, v: number): void {
   f.get(v).lane(S.f32x4_extract_lane, 0).get(v).lane(S.f32x4_extract_lane, 1).op(Op.f32_add);
@@ -121,66 +126,125 @@ function buildModule(pages: number): Uint8Array<ArrayBuffer> {
     mb.add(f);
   }
 
-  // attention(q, k, v, att, scores, nHeads, group, headDim, kvDim, count, scale): the first five are
-  // byte addresses (k, v: this layer's first cache row); see CpuOps.attention
+  // attention(q, k, v, att, scratch, nHeads, group, headDim, kvDim, count, scale): the first five are
+  // byte addresses (k, v: this layer's first cache row); see CpuOps.attention. Per kv head, its `group`
+  // query heads together, so each cache row is fetched from memory once, not once per query head (at
+  // long contexts the cache is far larger than L2 and this pass is bound by its reads): scores four
+  // keys at a time (four independent sums, transposed into one f32x4), the last count % 4 one at a
+  // time; a softmax per head; then the values in slices of 8, 4 or 1 vectors held in locals over all
+  // positions, each slice's rows read by every head of the group while they sit in cache.
   {
     const f = new FuncBuilder('attention', [I32, I32, I32, I32, I32, I32, I32, I32, I32, I32, F32]);
-    const [q, kBase, vBase, att, scores, nHeads, group, headDim, kvDim, count, scale] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10];
-    const [h, qo, ko, vo, ao, t, d, hdB, rowB, cntB] = f.locals(I32, 10);
-    const [max, sum] = f.locals(F32, 2);
-    const [acc, x, k, r, p, ki, pv] = f.locals(V128, 7);
+    const [q, kBase, vBase, att, scratch, nHeads, group, headDim, kvDim, count, scale] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10];
+    const [hk, g, qg, qo, so, ko, vo, t, d, hdB, rowB, cntB, strideB, sums, k1, k2, k3, d0, vt] = f.locals(I32, 19);
+    const [max] = f.locals(F32, 1);
+    const [acc, x, k, r, p, ki, pv, qv] = f.locals(V128, 8);
+    const a = f.locals(V128, 8);
+    const splatF = (v: number) => f.f32(v).simd(S.f32x4_splat);
+    /** so = the scores row of head g of the group (at byte t when `at`). */
+    const scoresRow = (at: boolean) => {
+      f.get(scratch).get(g).get(strideB).op(Op.i32_mul).op(Op.i32_add);
+      if (at) f.get(t).op(Op.i32_add);
+      f.set(so);
+    };
+    const queryHead = () => f.get(qg).get(g).get(hdB).op(Op.i32_mul).op(Op.i32_add).set(qo);
     f.get(headDim).i32(2).op(Op.i32_shl).set(hdB);
     f.get(kvDim).i32(2).op(Op.i32_shl).set(rowB);
     f.get(count).i32(2).op(Op.i32_shl).set(cntB);
-    f.forLoop(h, () => f.i32(0), () => f.get(nHeads), 1, () => {
-      f.get(q).get(h).get(hdB).op(Op.i32_mul).op(Op.i32_add).set(qo);
-      f.get(att).get(h).get(hdB).op(Op.i32_mul).op(Op.i32_add).set(ao);
-      // scores[t] = (q . k_t) * scale, one f32x4 accumulator per t
-      f.f32(-Infinity).set(max);
-      f.get(kBase).get(h).get(group).op(Op.i32_div_u).get(hdB).op(Op.i32_mul).op(Op.i32_add).set(ko);
-      f.forLoop(t, () => f.i32(0), () => f.get(cntB), 4, () => {
-        f.zero().set(acc);
-        f.forLoop(d, () => f.i32(0), () => f.get(hdB), 16, () => {
-          f.get(acc).get(qo).get(d).op(Op.i32_add).v128Load().get(ko).get(d).op(Op.i32_add).v128Load().simd(S.f32x4_mul).simd(S.f32x4_add).set(acc);
+    f.get(count).i32(7).op(Op.i32_add).i32(-4).op(Op.i32_and).i32(2).op(Op.i32_shl).set(strideB); // count + 4 floats of pad, rounded to 4
+    f.get(scratch).get(group).get(strideB).op(Op.i32_mul).op(Op.i32_add).set(sums); // then one f32 sum per head
+    f.forLoop(hk, () => f.i32(0), () => f.get(nHeads).get(group).op(Op.i32_div_u), 1, () => {
+      f.get(q).get(hk).get(group).op(Op.i32_mul).get(hdB).op(Op.i32_mul).op(Op.i32_add).set(qg);
+      f.get(kBase).get(hk).get(hdB).op(Op.i32_mul).op(Op.i32_add).set(ko);
+      f.get(vBase).get(hk).get(hdB).op(Op.i32_mul).op(Op.i32_add).set(vo);
+      // scores[g][t..t+3] = (q_g . k_t) * scale, four keys per pass, every head of the group
+      f.forLoop(t, () => f.i32(0), () => f.get(cntB).i32(12).op(Op.i32_sub), 16, () => {
+        f.get(ko).get(rowB).op(Op.i32_add).set(k1);
+        f.get(k1).get(rowB).op(Op.i32_add).set(k2);
+        f.get(k2).get(rowB).op(Op.i32_add).set(k3);
+        f.forLoop(g, () => f.i32(0), () => f.get(group), 1, () => {
+          queryHead();
+          for (let j = 0; j < 4; j++) f.zero().set(a[j]);
+          f.forLoop(d, () => f.i32(0), () => f.get(hdB), 16, () => {
+            f.get(qo).get(d).op(Op.i32_add).v128Load().set(qv);
+            [ko, k1, k2, k3].forEach((row, j) => {
+              f.get(a[j]).get(qv).get(row).get(d).op(Op.i32_add).v128Load().simd(S.f32x4_mul).simd(S.f32x4_add).set(a[j]);
+            });
+          });
+          // lane j of the result = the sum of a[j]'s lanes: (l0 + l2) + (l1 + l3)
+          f.get(a[0]).get(a[1]).shuffle(f32Lanes(0, 4, 1, 5)).get(a[0]).get(a[1]).shuffle(f32Lanes(2, 6, 3, 7)).simd(S.f32x4_add).set(x);
+          f.get(a[2]).get(a[3]).shuffle(f32Lanes(0, 4, 1, 5)).get(a[2]).get(a[3]).shuffle(f32Lanes(2, 6, 3, 7)).simd(S.f32x4_add).set(k);
+          scoresRow(true);
+          f.get(so);
+          f.get(x).get(k).shuffle(f32Lanes(0, 1, 4, 5)).get(x).get(k).shuffle(f32Lanes(2, 3, 6, 7)).simd(S.f32x4_add);
+          f.get(scale).simd(S.f32x4_splat).simd(S.f32x4_mul).v128Store();
         });
-        f.get(scores).get(t).op(Op.i32_add);
-        emitHsum(f, acc);
-        f.get(scale).op(Op.f32_mul).mem(Op.f32_store, 2, 0);
-        f.get(max).get(scores).get(t).op(Op.i32_add).f32Load().op(Op.f32_max).set(max);
+        f.get(k3).get(rowB).op(Op.i32_add).set(ko);
+      });
+      // the last count % 4 keys, one at a time (t goes on from the loop above)
+      f.forLoop(t, () => f.get(t), () => f.get(cntB), 4, () => {
+        f.forLoop(g, () => f.i32(0), () => f.get(group), 1, () => {
+          queryHead();
+          f.zero().set(acc);
+          f.forLoop(d, () => f.i32(0), () => f.get(hdB), 16, () => {
+            f.get(acc).get(qo).get(d).op(Op.i32_add).v128Load().get(ko).get(d).op(Op.i32_add).v128Load().simd(S.f32x4_mul).simd(S.f32x4_add).set(acc);
+          });
+          scoresRow(true);
+          f.get(so);
+          emitHsum(f, acc);
+          f.get(scale).op(Op.f32_mul).mem(Op.f32_store, 2, 0);
+        });
         f.get(ko).get(rowB).op(Op.i32_add).set(ko);
       });
-      // pad the tail of the last f32x4 with -inf so that its exp is 0
-      f.get(scores).get(cntB).op(Op.i32_add).f32(-Infinity).simd(S.f32x4_splat).v128Store();
-      f.zero().set(acc);
-      f.forLoop(t, () => f.i32(0), () => f.get(cntB), 16, () => {
-        f.get(scores).get(t).op(Op.i32_add).v128Load().get(max).simd(S.f32x4_splat).simd(S.f32x4_sub).set(x);
-        f.get(scores).get(t).op(Op.i32_add);
-        emitExp(f, x, k, r, p, ki);
-        f.tee(p).v128Store();
-        f.get(acc).get(p).simd(S.f32x4_add).set(acc);
-      });
-      emitHsum(f, acc);
-      f.set(sum);
-      // att = sum_t p_t v_t, accumulated in place, then / sum
-      f.forLoop(d, () => f.i32(0), () => f.get(hdB), 16, () => {
-        f.get(ao).get(d).op(Op.i32_add).zero().v128Store();
-      });
-      f.get(vBase).get(h).get(group).op(Op.i32_div_u).get(hdB).op(Op.i32_mul).op(Op.i32_add).set(vo);
-      f.forLoop(t, () => f.i32(0), () => f.get(cntB), 4, () => {
-        f.get(scores).get(t).op(Op.i32_add).simdMem(S.v128_load32_splat, 2, 0).set(pv);
-        f.forLoop(d, () => f.i32(0), () => f.get(hdB), 16, () => {
-          f.get(ao).get(d).op(Op.i32_add);
-          f.get(ao).get(d).op(Op.i32_add).v128Load();
-          f.get(pv).get(vo).get(d).op(Op.i32_add).v128Load().simd(S.f32x4_mul).simd(S.f32x4_add);
-          f.v128Store();
+      // softmax per head: -inf pads the last f32x4 (so its exp is 0), max, then p = exp(s - max), sum
+      f.forLoop(g, () => f.i32(0), () => f.get(group), 1, () => {
+        scoresRow(false);
+        f.get(so).get(cntB).op(Op.i32_add);
+        splatF(-Infinity).v128Store();
+        splatF(-Infinity).set(pv);
+        f.forLoop(t, () => f.i32(0), () => f.get(cntB), 16, () => {
+          f.get(pv).get(so).get(t).op(Op.i32_add).v128Load().simd(S.f32x4_max).set(pv);
         });
-        f.get(vo).get(rowB).op(Op.i32_add).set(vo);
+        f.get(pv).lane(S.f32x4_extract_lane, 0).get(pv).lane(S.f32x4_extract_lane, 1).op(Op.f32_max);
+        f.get(pv).lane(S.f32x4_extract_lane, 2).get(pv).lane(S.f32x4_extract_lane, 3).op(Op.f32_max);
+        f.op(Op.f32_max).set(max);
+        f.zero().set(acc);
+        f.forLoop(t, () => f.i32(0), () => f.get(cntB), 16, () => {
+          f.get(so).get(t).op(Op.i32_add).v128Load().get(max).simd(S.f32x4_splat).simd(S.f32x4_sub).set(x);
+          f.get(so).get(t).op(Op.i32_add);
+          emitExp(f, x, k, r, p, ki);
+          f.tee(p).v128Store();
+          f.get(acc).get(p).simd(S.f32x4_add).set(acc);
+        });
+        f.get(sums).get(g).i32(2).op(Op.i32_shl).op(Op.i32_add);
+        emitHsum(f, acc);
+        f.mem(Op.f32_store, 2, 0);
       });
-      f.forLoop(d, () => f.i32(0), () => f.get(hdB), 16, () => {
-        f.get(ao).get(d).op(Op.i32_add);
-        f.get(ao).get(d).op(Op.i32_add).v128Load().get(sum).simd(S.f32x4_splat).simd(S.f32x4_div);
-        f.v128Store();
-      });
+      // att_g = (sum_t p_gt v_t) / sum_g, in slices of 8, then 4, then 1 vectors of the head (each lane
+      // sums over t in order, as the JS loop does)
+      f.i32(0).set(d0);
+      for (const width of [8, 4, 1]) {
+        f.forLoop(d0, () => f.get(d0), () => f.get(hdB).i32(16 * (width - 1)).op(Op.i32_sub), 16 * width, () => {
+          f.forLoop(g, () => f.i32(0), () => f.get(group), 1, () => {
+            scoresRow(false);
+            for (let j = 0; j < width; j++) f.zero().set(a[j]);
+            f.get(vo).get(d0).op(Op.i32_add).set(vt);
+            f.forLoop(t, () => f.i32(0), () => f.get(cntB), 4, () => {
+              f.get(so).get(t).op(Op.i32_add).simdMem(S.v128_load32_splat, 2, 0).set(pv);
+              for (let j = 0; j < width; j++) {
+                f.get(a[j]).get(pv).get(vt).v128Load(16 * j).simd(S.f32x4_mul).simd(S.f32x4_add).set(a[j]);
+              }
+              f.get(vt).get(rowB).op(Op.i32_add).set(vt);
+            });
+            f.get(sums).get(g).i32(2).op(Op.i32_shl).op(Op.i32_add).simdMem(S.v128_load32_splat, 2, 0).set(pv);
+            // att + ((hk group + g) headDim) floats + d0
+            f.get(att).get(hk).get(group).op(Op.i32_mul).get(g).op(Op.i32_add).get(hdB).op(Op.i32_mul).op(Op.i32_add).get(d0).op(Op.i32_add).set(so);
+            for (let j = 0; j < width; j++) {
+              f.get(so).get(a[j]).get(pv).simd(S.f32x4_div).v128Store(16 * j);
+            }
+          });
+        });
+      }
     });
     mb.add(f);
   }
@@ -247,15 +311,21 @@ export class CpuOps {
   /**
    * Query heads h < nHeads of q[qOff..] against cache rows 0..count-1 starting at kvOff (row stride
    * kvDim), head h reading kv head floor(h / group): att[attOff + h headDim ..] = softmax(q.k scale) V.
-   * scores: alloc()ed with at least count + 4 floats. headDim must be a multiple of 4.
+   * scratch: alloc()ed with at least attentionScratchFloats(count, group) floats. headDim must be a
+   * multiple of 4.
    */
   attention(
     q: Float32Array, qOff: number, keyCache: Float32Array, valueCache: Float32Array, kvOff: number,
-    att: Float32Array, attOff: number, scores: Float32Array,
+    att: Float32Array, attOff: number, scratch: Float32Array,
     nHeads: number, group: number, headDim: number, kvDim: number, count: number, scale: number,
   ): void {
-    this.fns.attention(q.byteOffset + qOff * 4, keyCache.byteOffset + kvOff * 4, valueCache.byteOffset + kvOff * 4, att.byteOffset + attOff * 4, scores.byteOffset, nHeads, group, headDim, kvDim, count, scale);
+    this.fns.attention(q.byteOffset + qOff * 4, keyCache.byteOffset + kvOff * 4, valueCache.byteOffset + kvOff * 4, att.byteOffset + attOff * 4, scratch.byteOffset, nHeads, group, headDim, kvDim, count, scale);
   }
+}
+
+/** Floats CpuOps.attention's scratch needs: per head of a group, count scores and a pad, then its sums. */
+export function attentionScratchFloats(count: number, group: number): number {
+  return group * (Math.ceil((count + 4) / 4) * 4) + group;
 }
 
 /** n rounded up to a multiple of 4, plus 4: room for a SIMD tail and the -inf pad of the scores. */

@@ -7,7 +7,7 @@ import { FluteError } from '../errors.js';
 import type { KernelBackend, MatmulOptions, PreparedLinear } from '../kernels/types.js';
 import { stackRows, type ComputeType, type Linear } from '../quant/linear.js';
 import type { LlamaConfig, RopeScaling } from './config.js';
-import { CpuOps, attentionJs, swigluJs } from './cpu-ops.js';
+import { CpuOps, attentionJs, attentionScratchFloats, swigluJs } from './cpu-ops.js';
 import { LAYER_LINEARS, STACKED_PROJECTIONS, type LlamaWeights } from './weights.js';
 
 export interface LlamaModelOptions {
@@ -67,7 +67,7 @@ class RunState {
   readonly headAcc: Float64Array; // [headDim] one head's weighted value sum (JS path)
   readonly ops: CpuOps | null; // SIMD SwiGLU and attention over the memory holding the buffers they read
   readonly opsAttention: CpuOps | null; // ops, where headDim suits the SIMD attention (a multiple of 4)
-  readonly scores32: Float32Array; // [seqLen + 4] one head's scores (SIMD path)
+  readonly attScratch: Float32Array; // the SIMD attention's scratch: a group of heads' scores and sums
   readonly logits: Float32Array; // [B, vocab]
   readonly keyCache: Float32Array; // [nLayers, seqLen, kvDim]
   readonly valueCache: Float32Array; // [nLayers, seqLen, kvDim]
@@ -85,12 +85,12 @@ class RunState {
     this.proj = new Float32Array(batch * c.dim);
     // The buffers the SIMD ops read live in one wasm memory, sized once (null: plain arrays, JS loops)
     const cacheSize = c.nLayers * seqLen * kvDim;
-    const opSizes = [cacheSize, cacheSize, batch * qDim, batch * qDim, batch * c.hiddenDim, batch * c.hiddenDim, seqLen + 4];
+    const opSizes = [cacheSize, cacheSize, batch * qDim, batch * qDim, batch * c.hiddenDim, batch * c.hiddenDim, attentionScratchFloats(seqLen, c.nHeads / c.nKvHeads)];
     const ops = CpuOps.create(opSizes);
     const mk = ops ? (n: number) => ops.alloc(n) : (n: number) => new Float32Array(n);
     this.ops = ops;
     this.opsAttention = c.headDim % 4 === 0 ? ops : null;
-    [this.keyCache, this.valueCache, this.q, this.att, this.hb, this.hb2, this.scores32] = opSizes.map(mk);
+    [this.keyCache, this.valueCache, this.q, this.att, this.hb, this.hb2, this.attScratch] = opSizes.map(mk);
     this.stacked = new Float32Array(batch * Math.max(qDim + 2 * kvDim, 2 * c.hiddenDim));
     this.scores = new Float64Array(seqLen);
     this.headAcc = new Float64Array(c.headDim);
@@ -244,10 +244,8 @@ export class LlamaModel {
         this.rope(s.q, i * qDim, nHeads, pos);
         this.rope(s.k, i * kvDim, nKvHeads, pos);
         const at = cacheBase + pos * kvDim;
-        for (let j = 0; j < kvDim; j++) {
-          s.keyCache[at + j] = s.k[i * kvDim + j];
-          s.valueCache[at + j] = s.v[i * kvDim + j];
-        }
+        s.keyCache.set(s.k.subarray(i * kvDim, (i + 1) * kvDim), at);
+        s.valueCache.set(s.v.subarray(i * kvDim, (i + 1) * kvDim), at);
       }
 
       // Grouped-query attention with a causal mask: token i attends to positions 0..pos0+i;
@@ -256,7 +254,7 @@ export class LlamaModel {
       const scale = 1 / Math.sqrt(headDim);
       for (let i = 0; i < m; i++) {
         if (s.opsAttention) {
-          s.opsAttention.attention(s.q, i * qDim, s.keyCache, s.valueCache, cacheBase, s.att, i * qDim, s.scores32, nHeads, group, headDim, kvDim, pos0 + i + 1, scale);
+          s.opsAttention.attention(s.q, i * qDim, s.keyCache, s.valueCache, cacheBase, s.att, i * qDim, s.attScratch, nHeads, group, headDim, kvDim, pos0 + i + 1, scale);
         } else {
           attentionJs(s.q, i * qDim, s.keyCache, s.valueCache, cacheBase, s.att, i * qDim, s.scores, s.headAcc, nHeads, group, headDim, kvDim, pos0 + i + 1, scale);
         }
