@@ -20,8 +20,11 @@ import { memorySource } from '../src/format/source.js';
 import { createBackend } from '../src/kernels/registry.js';
 import { createRefBackend } from '../src/kernels/ref/index.js';
 import type { KernelBackend } from '../src/kernels/types.js';
+import { LlamaModel } from '../src/model/llama.js';
 import { loadModel } from '../src/model/load.js';
+import { estimateModelMemory } from '../src/model/memory-budget.js';
 import { openModelFile, type OpenedModel } from '../src/model/open.js';
+import { embeddingRow, loadLlamaWeights } from '../src/model/weights.js';
 import { dequantize, type QuantizedLinear } from '../src/quant/linear.js';
 import { permuteRows, ropePermutation } from '../src/quant/permute.js';
 import { IQ4NL_VALUES } from '../src/quant/tables.js';
@@ -450,6 +453,44 @@ async function headerFields(bytes: Uint8Array): Promise<{ at: number; width: 4 |
   }
   return fields;
 }
+
+test('a tied GGUF with an IQ4_NL token_embd: one quantized table is both embedding and output (no f32 copy), rows and logits as before', async () => {
+  const src = await openModelFile(GGUF_FILE);
+  const path = join(tmp, 'tied-iq4nl.gguf');
+  try {
+    await writeLlamaGguf({ ...src, config: { ...src.config, tiedEmbeddings: true } }, path, { type: 'iq4_nl', iq4nlSearch: 0, name: 'stories260K tied' });
+  } finally {
+    await src.close();
+  }
+  const m = await openModelFile(path);
+  try {
+    const c = m.config;
+    assert.equal(c.tiedEmbeddings, true);
+    const w = await loadLlamaWeights(m.tensors, c, (name) => (m.quantized.has(name) ? m.readQuantized(name) : undefined));
+    assert.ok(!(w.tokenEmbedding instanceof Float32Array), 'the embedding stays quantized');
+    assert.equal(w.tokenEmbedding, w.output, 'one table for both');
+    // every row as the reader's own f32 dequantization (llama.cpp's rule) gives it, bit for bit
+    const f32 = await m.tensors.readF32('model.embed_tokens.weight');
+    const row = new Float32Array(c.dim);
+    for (let t = 0; t < c.vocabSize; t++) {
+      embeddingRow(w.tokenEmbedding, c.dim, t, row);
+      assert.deepEqual(row, f32.subarray(t * c.dim, (t + 1) * c.dim), `row ${t}`);
+    }
+    // the memory estimate counts the table once
+    const opts = { backend: 'wasm', seqLen: 256 } as const;
+    const shared = estimateModelMemory(c, m.quantized, { ...opts, sharedEmbedding: true });
+    assert.equal(estimateModelMemory(c, m.quantized, opts).weights - shared.weights, c.vocabSize * c.dim * 4);
+    // the model runs as it did with the f32 copy: the same logits, bit for bit
+    const prompt = [1, 403, 407, 261, 378];
+    const quantizedEmb = new LlamaModel(c, w, createRefBackend());
+    const f32Emb = new LlamaModel(c, { ...w, tokenEmbedding: f32 }, createRefBackend());
+    assert.deepEqual(quantizedEmb.forward(prompt, 0, { allLogits: true }), f32Emb.forward(prompt, 0, { allLogits: true }));
+    quantizedEmb.dispose();
+    f32Emb.dispose();
+  } finally {
+    await m.close();
+  }
+});
 
 test('mutated GGUF files: lying counts, lengths, dims, offsets and types give typed errors, fast, with bounded memory', async () => {
   const seed = await seedFile();

@@ -15,7 +15,7 @@ import type { ComputeType, Linear } from '../quant/linear.js';
 import type { LlamaConfig } from './config.js';
 import type { CausalModel } from './generate.js';
 import { checkForwardArgs, checkLlamaConfig, checkWeights, ropeTables, type ForwardOptions } from './llama.js';
-import { LAYER_LINEARS, LINEAR_KEYS, type LinearKey, type LlamaWeights } from './weights.js';
+import { LAYER_LINEARS, LINEAR_KEYS, embeddingRow, type LinearKey, type LlamaWeights } from './weights.js';
 
 export interface GpuLlamaModelOptions {
   /** Most tokens per forward chunk (default 64; lowered when the attention scratch would not fit). */
@@ -294,8 +294,7 @@ export class GpuLlamaModel implements CausalModel {
 
     // Token embedding (model.embed_tokens) gathered on the CPU: x[i] = E[token_i], m rows uploaded
     // (the table itself never goes to the GPU: vocab x dim f32 would be 1 GB for LLaMA 3.2 1B).
-    const E = this.weights.tokenEmbedding; // [vocab, dim]
-    for (let i = 0; i < m; i++) this.hostX.set(E.subarray(tokens[off + i] * c.dim, (tokens[off + i] + 1) * c.dim), i * dimStride);
+    for (let i = 0; i < m; i++) embeddingRow(this.weights.tokenEmbedding, c.dim, tokens[off + i], this.hostX, i * dimStride);
     dev.pushErrorScope('out-of-memory');
     dev.pushErrorScope('validation');
     dev.queue.writeBuffer(s.x.buffer, 0, this.hostX, 0, m * dimStride);

@@ -5,10 +5,10 @@
 
 import { FluteError } from '../errors.js';
 import type { KernelBackend, MatmulOptions, PreparedLinear } from '../kernels/types.js';
-import { stackRows, type ComputeType, type Linear } from '../quant/linear.js';
+import { stackRows, validateQuantizedLinear, type ComputeType, type Linear } from '../quant/linear.js';
 import type { LlamaConfig, RopeScaling } from './config.js';
 import { CpuOps, attentionJs, attentionScratchFloats, swigluJs } from './cpu-ops.js';
-import { LAYER_LINEARS, STACKED_PROJECTIONS, type LlamaWeights } from './weights.js';
+import { LAYER_LINEARS, STACKED_PROJECTIONS, embeddingRow, type EmbeddingTable, type LlamaWeights } from './weights.js';
 
 export interface LlamaModelOptions {
   /** Most tokens per forward chunk: longer inputs run in chunks of this size. Default 64. */
@@ -113,7 +113,7 @@ export class LlamaModel {
   readonly seqLen: number; // usable context: min(config.seqLen, options.seqLen)
   private readonly layers: PreparedLayer[];
   private readonly output: PreparedLinear; // [vocab, dim]
-  private readonly tokenEmbedding: Float32Array; // [vocab, dim]
+  private readonly tokenEmbedding: EmbeddingTable; // [vocab, dim]
   private readonly finalNorm: Float32Array; // [dim]
   private readonly state: RunState;
   private readonly mmOpts: MatmulOptions;
@@ -219,10 +219,7 @@ export class LlamaModel {
     const seqLen = this.seqLen;
 
     // Token embedding (model.embed_tokens): x[i] = E[token_i]
-    for (let i = 0; i < m; i++) {
-      const src = tokens[off + i] * dim;
-      for (let j = 0; j < dim; j++) s.x[i * dim + j] = this.tokenEmbedding[src + j];
-    }
+    for (let i = 0; i < m; i++) embeddingRow(this.tokenEmbedding, dim, tokens[off + i], s.x, i * dim);
 
     for (let l = 0; l < c.nLayers; l++) {
       const L = this.layers[l];
@@ -461,7 +458,8 @@ export function checkWeights(c: LlamaConfig, w: LlamaWeights): void {
   const lin = (a: Linear, n: number, k: number, name: string) => {
     if (a.n !== n || a.k !== k) throw new FluteError('E_SHAPE', `weights ${name}: expected [${n}, ${k}], got [${a.n}, ${a.k}]`);
   };
-  vec(w.tokenEmbedding, c.vocabSize * c.dim, 'model.embed_tokens.weight');
+  if (w.tokenEmbedding instanceof Float32Array) vec(w.tokenEmbedding, c.vocabSize * c.dim, 'model.embed_tokens.weight');
+  else lin(validateQuantizedLinear(w.tokenEmbedding, 'model.embed_tokens.weight'), c.vocabSize, c.dim, 'model.embed_tokens.weight');
   if (w.layers.length !== c.nLayers) throw new FluteError('E_SHAPE', `weights: expected ${c.nLayers} layers, got ${w.layers.length}`);
   w.layers.forEach((L, l) => {
     const p = `model.layers.${l}.`;

@@ -15,7 +15,7 @@ import { LlamaModel } from './llama.js';
 import { FallbackModel, GpuLlamaModel } from './llama-gpu.js';
 import { openModelFile, openModelSource, readModelTokenizer, type OpenedModel } from './open.js';
 import { checkMemoryBudget } from './memory-budget.js';
-import { loadLlamaWeights } from './weights.js';
+import { embeddingIsQuantizedOutput, loadLlamaWeights } from './weights.js';
 
 export interface LoadModelOptions {
   /**
@@ -133,6 +133,7 @@ export async function loadOpenedModel(src: OpenedModel, opts: LoadModelOptions =
       seqLen,
       maxBatch: opts.maxBatch,
       maxMemoryBytes: opts.maxMemoryBytes,
+      sharedEmbedding: embeddingIsQuantizedOutput(src.config, src.tensors, src.quantized.has('lm_head.weight')),
     });
     const tokenizer = await readModelTokenizer(src, { preferLlama2c: opts.tokenizer !== undefined });
     const weights = await loadLlamaWeights(src.tensors, src.config, (name) =>

@@ -32,6 +32,8 @@ export interface MemoryBudgetOptions {
   readonly maxBatch?: number;
   /** The limit in bytes; default: the machine's memory, or the cgroup limit when lower. */
   readonly maxMemoryBytes?: number;
+  /** The embedding is the quantized output layer's own table (weights.ts embeddingIsQuantizedOutput): no f32 copy. */
+  readonly sharedEmbedding?: boolean;
 }
 
 /** Name endings of the linear layers LlamaModel stacks (q/k/v, gate/up) when quantized alike. */
@@ -41,7 +43,7 @@ const STACKED_SUFFIXES = STACKED_PROJECTIONS.flat().map((key) => '.' + LAYER_LIN
 export function estimateModelMemory(
   config: LlamaConfig,
   quantized: ReadonlyMap<string, QuantizedLayerMeta>,
-  opts: Pick<MemoryBudgetOptions, 'backend' | 'seqLen' | 'maxBatch'>,
+  opts: Pick<MemoryBudgetOptions, 'backend' | 'seqLen' | 'maxBatch' | 'sharedEmbedding'>,
 ): MemoryNeed {
   const backend = opts.backend ?? 'auto';
   let weights = 0;
@@ -52,6 +54,7 @@ export function estimateModelMemory(
   const listed = new Set(specs.map((s) => s.name));
   for (const [name, q] of quantized) if (!listed.has(name)) specs.push({ name, shape: q.shape, linear: true });
   for (const spec of specs) {
+    if (opts.sharedEmbedding && spec.name === 'model.embed_tokens.weight') continue; // counted as lm_head
     const numel = spec.shape.reduce((a, b) => a * b, 1);
     const q = quantized.get(spec.name);
     if (q) {

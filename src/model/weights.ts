@@ -1,10 +1,11 @@
 // LLaMA weights (read-only, run.c's TransformerWeights) and their loader: every tensor by its Hugging
 // Face name through a TensorReader, shape-checked against the config. Quantized layers come from the
-// caller's `quantized` hook; everything else is read as dense f32.
+// caller's `quantized` hook; everything else is read as dense f32, except a tied embedding that is the
+// quantized output layer's own table (GGUF), which stays quantized (EmbeddingTable).
 
 import { FluteError } from '../errors.js';
 import type { TensorReader } from '../format/tensors.js';
-import type { Linear } from '../quant/linear.js';
+import { dequantize, dequantizeRow, type Linear, type QuantizedLinear } from '../quant/linear.js';
 import type { LlamaConfig } from './config.js';
 
 export interface LayerWeights {
@@ -23,8 +24,35 @@ export interface LayerWeights {
   readonly bv?: Float32Array; // [nKvHeads*headDim] self_attn.v_proj.bias
 }
 
+/**
+ * The token embedding table [vocab, dim]: f32 rows, or a quantized table whose rows are dequantized
+ * as tokens need them (a tied GGUF model's Q4_0 / IQ4_NL token_embd, which also serves as the
+ * quantized output layer: no second, f32 copy, 1 GB for LLaMA 3.2 1B). Read rows with embeddingRow.
+ */
+export type EmbeddingTable = Float32Array | QuantizedLinear;
+
+/** out[at .. at + dim) = row `token` of the embedding; a quantized row by dequantize()'s f32 rule. */
+export function embeddingRow(e: EmbeddingTable, dim: number, token: number, out: Float32Array, at = 0): void {
+  if (e instanceof Float32Array) out.set(e.subarray(token * dim, (token + 1) * dim), at);
+  else dequantizeRow(e, token, out, at);
+}
+
+/** The embedding as one f32 array [vocab, dim] (a quantized table dequantized whole). */
+export function embeddingF32(e: EmbeddingTable): Float32Array {
+  return e instanceof Float32Array ? e : dequantize(e);
+}
+
+/**
+ * True when a tied model's embedding is the quantized output layer's own tensor: the reader serves
+ * lm_head quantized and stores the embedding in a block format (`storage`: GGUF's tied token_embd).
+ * A checkpoint that quantized a tied output on its own keeps a float embedding, which stays exact.
+ */
+export function embeddingIsQuantizedOutput(config: LlamaConfig, reader: TensorReader, quantizedOutput: boolean): boolean {
+  return config.tiedEmbeddings && quantizedOutput && reader.has('model.embed_tokens.weight') && reader.info('model.embed_tokens.weight').storage !== undefined;
+}
+
 export interface LlamaWeights {
-  readonly tokenEmbedding: Float32Array; // [vocab, dim] model.embed_tokens
+  readonly tokenEmbedding: EmbeddingTable; // [vocab, dim] model.embed_tokens
   readonly layers: readonly LayerWeights[]; // [nLayers]
   readonly finalNorm: Float32Array; // [dim] model.norm
   readonly output: Linear; // [vocab, dim] lm_head, or the embedding when tied
@@ -97,7 +125,10 @@ export async function loadLlamaWeights(
   quantized?: (name: string) => Linear | undefined | Promise<Linear | undefined>,
 ): Promise<LlamaWeights> {
   const tensors = new Map<string, Float32Array | Linear>();
+  const tiedQuantized = config.tiedEmbeddings ? await quantized?.('lm_head.weight') : undefined;
+  const shareEmbedding = tiedQuantized?.kind === 'quantized' && embeddingIsQuantizedOutput(config, reader, true);
   for (const spec of llamaTensorSpecs(config)) {
+    if (shareEmbedding && spec.name === 'model.embed_tokens.weight') continue;
     const q = spec.linear ? await quantized?.(spec.name) : undefined;
     if (q) {
       if (q.n !== spec.shape[0] || q.k !== spec.shape[1]) {
@@ -111,7 +142,6 @@ export async function loadLlamaWeights(
   }
   const dense = (name: string) => tensors.get(name) as Float32Array;
   const linear = (name: string) => tensors.get(name) as Linear;
-  const tokenEmbedding = dense('model.embed_tokens.weight');
   const layers: LayerWeights[] = [];
   for (let l = 0; l < config.nLayers; l++) {
     const p = `model.layers.${l}.`;
@@ -123,8 +153,13 @@ export async function loadLlamaWeights(
       ...(config.qkvBias ? { bq: dense(p + biasName('wq')), bk: dense(p + biasName('wk')), bv: dense(p + biasName('wv')) } : {}),
     });
   }
+  if (tiedQuantized && (tiedQuantized.n !== config.vocabSize || tiedQuantized.k !== config.dim)) {
+    throw new FluteError('E_SHAPE', `${reader.file}: tensor lm_head.weight: expected [${config.vocabSize}, ${config.dim}], got [${tiedQuantized.n}, ${tiedQuantized.k}]`);
+  }
+  // shareEmbedding: the quantized output layer is the embedding's own table (embeddingIsQuantizedOutput)
+  const tokenEmbedding: EmbeddingTable = shareEmbedding ? (tiedQuantized as QuantizedLinear) : dense('model.embed_tokens.weight');
   const output: Linear = config.tiedEmbeddings
-    ? ((await quantized?.('lm_head.weight')) ?? { kind: 'dense', n: config.vocabSize, k: config.dim, weight: tokenEmbedding })
+    ? (tiedQuantized ?? { kind: 'dense', n: config.vocabSize, k: config.dim, weight: tokenEmbedding as Float32Array })
     : linear('lm_head.weight');
   if (output.n !== config.vocabSize || output.k !== config.dim) {
     throw new FluteError('E_SHAPE', `${reader.file}: tensor lm_head.weight: expected [${config.vocabSize}, ${config.dim}], got [${output.n}, ${output.k}]`);

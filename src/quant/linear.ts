@@ -86,18 +86,26 @@ export function validateQuantizedLinear(q: QuantizedLinear, name = 'layer'): Qua
  */
 export function dequantize(q: QuantizedLinear, computeType: ComputeType = 'f32'): Float32Array {
   const out = new Float32Array(q.n * q.k);
+  const table = computeType === 'f16' ? Float32Array.from(q.table, roundToF16) : q.table;
+  for (let r = 0; r < q.n; r++) dequantizeRowWith(q, table, computeType, r, out, r * q.k);
+  return out;
+}
+
+/** out[at .. at + K) = row r of dequantize(q) (f32 rule): one row without the whole matrix. */
+export function dequantizeRow(q: QuantizedLinear, r: number, out: Float32Array, at = 0): void {
+  if (!Number.isInteger(r) || r < 0 || r >= q.n) throw new FluteError('E_SHAPE', `dequantizeRow: expected a row in 0..${q.n - 1}, got ${r}`);
+  dequantizeRowWith(q, q.table, 'f32', r, out, at);
+}
+
+function dequantizeRowWith(q: QuantizedLinear, table: Float32Array, computeType: ComputeType, r: number, out: Float32Array, at: number): void {
   const rowBytes = packedRowBytes(q.k, q.bits);
   const groups = groupsPerRow(q.k, q.groupSize);
-  const table = computeType === 'f16' ? Float32Array.from(q.table, roundToF16) : q.table;
-  for (let r = 0; r < q.n; r++) {
-    for (let c = 0; c < q.k; c++) {
-      const s = q.scales[r * groups + Math.floor(c / q.groupSize)];
-      const t = table[indexAt(q.packed, rowBytes, q.bits, r, c)];
-      // `+ 0` folds -0 to +0 (a zero table entry times a negative scale) so dequantized zeros compare bit for bit.
-      out[r * q.k + c] = (computeType === 'f16' ? roundToF16(t * roundToF16(s)) : Math.fround(t * s)) + 0;
-    }
+  for (let c = 0; c < q.k; c++) {
+    const s = q.scales[r * groups + Math.floor(c / q.groupSize)];
+    const t = table[indexAt(q.packed, rowBytes, q.bits, r, c)];
+    // `+ 0` folds -0 to +0 (a zero table entry times a negative scale) so dequantized zeros compare bit for bit.
+    out[at + c] = (computeType === 'f16' ? roundToF16(t * roundToF16(s)) : Math.fround(t * s)) + 0;
   }
-  return out;
 }
 
 /** Relative Frobenius error ||got - want|| / ||want|| (the absolute norm when want is all zero). */

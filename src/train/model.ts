@@ -5,7 +5,7 @@
 
 import { FluteError } from '../errors.js';
 import type { LlamaConfig } from '../model/config.js';
-import { LINEAR_KEYS, type LlamaWeights } from '../model/weights.js';
+import { LINEAR_KEYS, embeddingF32, type LlamaWeights } from '../model/weights.js';
 import { dequantize, type Linear } from '../quant/linear.js';
 import {
   addInPlace, addRowBias, attentionBackward, attentionForward, crossEntropyBackward, crossEntropyForward, encoderBackward, encoderForward,
@@ -50,8 +50,8 @@ const toF64 = (l: Linear): F64 => Float64Array.from(l.kind === 'dense' ? l.weigh
 
 /** f64 copies of a model's weights; quantized linears become their dequantized (f32 rule) values. */
 export function trainWeightsFrom(w: LlamaWeights): TrainWeights {
-  const tokenEmbedding = Float64Array.from(w.tokenEmbedding);
-  const tied = w.output.kind === 'dense' && w.output.weight === w.tokenEmbedding;
+  const tokenEmbedding = Float64Array.from(embeddingF32(w.tokenEmbedding));
+  const tied = (w.output.kind === 'dense' && w.output.weight === w.tokenEmbedding) || w.output === w.tokenEmbedding;
   return {
     tokenEmbedding,
     layers: w.layers.map((L) => ({
