@@ -167,12 +167,16 @@ export async function loadOpenedModel(src: OpenedModel, opts: LoadModelOptions =
       const fallback = opts.gpuFallback ?? 'wasm';
       if (choice.kind === 'gpu' && fallback !== false) {
         const gpuName = choice.backend.info().variant.split(';')[0];
+        // Only this block's closure keeps the weights (for the CPU model after a device loss): were
+        // `weights` itself captured, the returned object's closures would keep every layer's JS copy
+        // alive in a CPU-only model too (V8 shares one context among a function's closures).
+        const kept = weights;
         model = new FallbackModel(model, {
           create: async () => {
             const cpu = await createBackend(fallback, cpuOpts);
             backends.push(cpu);
             current = cpu;
-            return new LlamaModel(src.config, weights, cpu, modelOpts);
+            return new LlamaModel(src.config, kept, cpu, modelOpts);
           },
           onFallback: (cause: GpuDeviceLostError) => opts.onFallback?.(`${cause.message}; continuing on ${current.name} (${current.info().variant.split(';')[0]}) after ${gpuName}, replaying the context`),
         });
