@@ -33,6 +33,7 @@ export { createBackend, type BackendName, type BackendOptions, type WasmOnlyOpti
 export type { KernelBackend, PreparedLinear } from './kernels/types.js';
 export { createRefBackend } from './kernels/ref/index.js';
 export { wasmCapabilities, type WasmCapabilities } from './kernels/wasm/index.js';
+export type { WasmActivations, WasmBackendOptions } from './kernels/wasm/options.js';
 export { openSafetensors, serializeSafetensors } from './format/safetensors.js';
 export { openCheckpoint } from './format/checkpoint.js';
 export { openLlama2c } from './format/llama2c.js';

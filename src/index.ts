@@ -21,6 +21,7 @@ export { buildTable, nfTable, TABLE_KINDS, type TableKind } from './quant/tables
 export { dequantize, bitsPerWeight, type QuantizedLinear, type DenseLinear, type Linear, type ComputeType } from './quant/linear.js';
 export { packIndices, unpackIndices, packedRowBytes } from './quant/packing.js';
 export { createBackend, createModelBackend, MODEL_BACKEND_NAMES, type BackendName, type ModelBackendName, type ModelBackendChoice, type BackendOptions, type WasmOnlyOptions } from './kernels/registry.js';
+export type { WasmActivations, WasmBackendOptions } from './kernels/wasm/options.js';
 export { GpuDeviceLostError, isDeviceLost } from './kernels/webgpu/device-lost.js';
 export type { KernelBackend, PreparedLinear } from './kernels/types.js';
 export { createRefBackend } from './kernels/ref/index.js';

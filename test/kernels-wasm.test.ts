@@ -520,6 +520,8 @@ test('createBackend and loadModel pass the wasm options through; misplaced, unkn
   const misplaced = /unknown option "relaxedDot".*wasm: \{ relaxedDot/;
   await assert.rejects(createBackend('wasm', { relaxedDot: 'split' } as never), (e: unknown) => isCode('E_OPTION')(e) && misplaced.test((e as Error).message));
   await assert.rejects(createBackend('auto', { relaxedDot: 'split' } as never), isCode('E_OPTION'));
+  // a misspelt key is named, with no hint about where wasm options go
+  await assert.rejects(createBackend('wasm', { thread: 1 } as never), (e: unknown) => isCode('E_OPTION')(e) && /"thread"/.test((e as Error).message) && !/wasm: \{/.test((e as Error).message));
   await assert.rejects(createModelBackend('wasm', { relaxedDot: 'split' } as never), isCode('E_OPTION'));
   await assert.rejects(createBackend('wasm', { wasm: { threads: 2 } as never }), (e: unknown) => isCode('E_OPTION')(e) && /top level/.test((e as Error).message));
   await assert.rejects(createWasmBackend({ relaxDot: 'split' } as never), (e: unknown) => isCode('E_OPTION')(e) && /"relaxDot"/.test((e as Error).message));

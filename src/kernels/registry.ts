@@ -5,7 +5,7 @@
 import { FluteError, checkOptionKeys } from '../errors.js';
 import { createRefBackend } from './ref/index.js';
 import type { KernelBackend } from './types.js';
-import type { WasmBackendOptions } from './wasm/index.js';
+import { WASM_OPTION_KEYS, type WasmBackendOptions } from './wasm/options.js';
 import type { GpuKernelBackend } from './webgpu/types.js';
 
 export type BackendName = 'ref' | 'wasm';
@@ -21,8 +21,8 @@ export interface BackendOptions {
   readonly wasm?: WasmOnlyOptions;
 }
 
-/** The likeliest place for a key the CPU backends' options lack: the wasm backend's own options. */
-const wasmHint = (key: string) => `; an option of the wasm backend alone goes under "wasm": { wasm: { ${key}: ... } }`;
+/** Where a wasm backend option given at the top level belongs. */
+const wasmHint = (key: string) => (WASM_OPTION_KEYS.includes(key) ? `; an option of the wasm backend alone goes under "wasm": { wasm: { ${key}: ... } }` : '');
 
 function checkCpuOptions(opts: BackendOptions, allowed: readonly string[]): void {
   checkOptionKeys(opts, allowed, 'backend options', wasmHint);

@@ -86,52 +86,22 @@ import {
   type LutLayout,
 } from './layout.js';
 import { WasmHeap } from './memory.js';
+import { WASM_OPTION_KEYS, type WasmActivations, type WasmBackendOptions } from './options.js';
 import { CTRL, ThreadPool, isNode } from './threads.js';
 
 export { packForWasm } from './layout.js';
 export type { WasmLayout } from './layout.js';
+export type { WasmActivations, WasmBackendOptions } from './options.js';
 
 // ---------------------------------------------------------------------------------------------
 // Options and capabilities
 
-export type WasmActivations = 'int8' | 'f32';
 /**
  * Paths of an 'int8' request on a lut layer: 'relaxed7' (7-bit codes, int8 activations, relaxed dot),
  * 'relaxed8' (8-bit codes, activations in [-64, 64], the same relaxed kernels), 'simd' (8-bit codes,
  * int16 activations, SIMD128 i16 dot), 'exact' (f32 activations). Dense and generic layers are 'exact'.
  */
 export type WasmIntPath = 'relaxed7' | 'relaxed8' | 'simd' | 'exact';
-
-export interface WasmBackendOptions {
-  /** Threads including the caller; default: the cores available. 1 runs everything on the caller. */
-  readonly threads?: number;
-  /** 'auto' (default): relaxed SIMD where available (on Node 20 by setting V8's flag) and self-checked. */
-  readonly relaxed?: 'auto' | boolean;
-  /**
-   * Which form of the relaxed int8 dot to try first (the other is the fallback): 'auto' (default)
-   * picks per host (see relaxedDotOrder), 'fused' or 'split' forces one (tests, benchmarks).
-   */
-  readonly relaxedDot?: 'auto' | 'fused' | 'split';
-  /**
-   * 8-bit codes on the relaxed dot ('relaxed8' path): 'auto' (default) and true use them where the
-   * engine's relaxed dot proves exact for them (probeRelaxedDot8), false never (tables that need 8 bits
-   * then take the SIMD128 kernels, as before; tests, benchmarks).
-   */
-  readonly relaxed8?: 'auto' | boolean;
-  /** Initial memory; grows as layers are prepared. Default 64 MiB. */
-  readonly initialMemoryMiB?: number;
-  /** Cap on the memory (wasm32: at most 4096 MiB, the default). */
-  readonly maxMemoryMiB?: number;
-  /** Default activation path for b <= 4 layers: 'int8' (fast, bounded error) or 'f32' (exact). */
-  readonly activations?: WasmActivations;
-  /** Largest activation quantization block (a multiple of 32, <= 256); default 128. */
-  readonly activationBlock?: number;
-  /**
-   * Bound in ms on one matmul's wait for the worker threads (and on their start-up); past it the
-   * matmul throws E_BACKEND and the backend's threads are stopped. Default 120000.
-   */
-  readonly barrierTimeoutMs?: number;
-}
 
 export interface WasmMatmulOptions extends MatmulOptions {
   /** Overrides the backend's activation path for this call. */
@@ -788,14 +758,8 @@ function cpuHasAvxVnni(): Promise<boolean> {
  * starts the workers, self-checks the chosen variant (falling back from relaxed to SIMD128 when it
  * disagrees with the reference) and reports what runs in info().variant.
  */
-/** Every key of WasmBackendOptions (a Record, so the compiler keeps the list complete). */
-const WASM_OPTION_KEYS: Record<keyof WasmBackendOptions, true> = {
-  threads: true, relaxed: true, relaxedDot: true, relaxed8: true, initialMemoryMiB: true, maxMemoryMiB: true,
-  activations: true, activationBlock: true, barrierTimeoutMs: true,
-};
-
 export async function createWasmBackend(opts: WasmBackendOptions = {}): Promise<WasmKernelBackend> {
-  checkOptionKeys(opts, Object.keys(WASM_OPTION_KEYS), 'wasm backend options');
+  checkOptionKeys(opts, WASM_OPTION_KEYS, 'wasm backend options');
   const relaxedOpt = opts.relaxed ?? 'auto';
   checkOption(relaxedOpt === 'auto' || typeof relaxedOpt === 'boolean', 'wasm relaxed', '"auto", true or false', relaxedOpt);
   const activations = opts.activations ?? 'int8';
