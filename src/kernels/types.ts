@@ -3,12 +3,15 @@
 
 import type { ComputeType, Linear } from '../quant/linear.js';
 
-/** A layer in a backend's own layout. Only the backend that made it may read `data`. */
+/**
+ * A layer in a backend's own layout. Only the backend that made it may read `data`. It does not keep
+ * the canonical layer it came from: the caller's copy can be dropped once the layer is prepared, so
+ * the weights are not held twice (a backend that needs it, such as the reference, keeps it in `data`).
+ */
 export interface PreparedLinear {
   readonly backend: string;
   readonly n: number;
   readonly k: number;
-  readonly source: Linear; // the canonical layer it was prepared from
   /** Bytes the backend holds for this layer (its restructured weights). */
   readonly bytes: number;
   readonly data: unknown;

@@ -7,15 +7,16 @@ import { checkMatmulArgs } from '../check.js';
 import type { KernelBackend, MatmulOptions, PreparedLinear } from '../types.js';
 
 interface RefData {
+  readonly source: Linear; // the canonical layer: the reference runs on it as it is
   // The dequantized weight per compute type, made on first use: the spec is the dequantize() rule.
-  weights: Map<string, Float32Array>; // [N, K]
+  readonly weights: Map<string, Float32Array>; // [N, K]
 }
 
 function weightOf(layer: PreparedLinear, opts?: MatmulOptions): Float32Array {
-  const src = layer.source;
+  const data = layer.data as RefData;
+  const src = data.source;
   if (src.kind === 'dense') return src.weight;
   const ct = opts?.computeType ?? 'f32';
-  const data = layer.data as RefData;
   let w = data.weights.get(ct);
   if (!w) {
     w = dequantize(src, ct);
@@ -30,8 +31,8 @@ export function createRefBackend(): KernelBackend {
     info: () => ({ name: 'ref', variant: 'reference (scalar, f64 accumulation)', relTolerance: 1e-5 }),
     unsupported: () => null,
     prepare(layer: Linear): PreparedLinear {
-      const data: RefData = { weights: new Map() };
-      return { backend: 'ref', n: layer.n, k: layer.k, source: layer, bytes: 0, data };
+      const data: RefData = { source: layer, weights: new Map() };
+      return { backend: 'ref', n: layer.n, k: layer.k, bytes: 0, data };
     },
     matmul(layer, x, m, out, opts) {
       checkMatmulArgs('ref', layer, x, m, out);

@@ -426,7 +426,7 @@ class WasmBackend implements WasmKernelBackend {
         };
         bytes = lay.indices.byteLength + lay.scales.byteLength + tb.byteLength;
       }
-      return { backend: 'wasm', n: layer.n, k: layer.k, source: layer, bytes, data };
+      return { backend: 'wasm', n: layer.n, k: layer.k, bytes, data };
     } catch (e) {
       for (const p of allocs) heap.release(p);
       throw e;

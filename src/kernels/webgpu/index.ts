@@ -402,7 +402,7 @@ class WebGpuBackend implements GpuKernelBackend {
       const [ve, oe] = await Promise.all([v, o]);
       if (ve || oe) throw new FluteError('E_BACKEND', `webgpu prepare (${layer.n}x${layer.k}): ${(oe ?? ve)!.message}`);
     }
-    const prepared: GpuPreparedLinear = { backend: 'webgpu', n: layer.n, k: layer.k, source: layer, bytes: this.precisionData(data, this.precision).bytes, data };
+    const prepared: GpuPreparedLinear = { backend: 'webgpu', n: layer.n, k: layer.k, bytes: this.precisionData(data, this.precision).bytes, data };
     if (this.opts.duplication === 'measure' && data.geo) await this.measureDuplication(prepared, data.geo.format);
     return prepared;
   }
