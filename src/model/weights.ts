@@ -153,13 +153,10 @@ export async function loadLlamaWeights(
       ...(config.qkvBias ? { bq: dense(p + biasName('wq')), bk: dense(p + biasName('wk')), bv: dense(p + biasName('wv')) } : {}),
     });
   }
-  if (tiedQuantized && (tiedQuantized.n !== config.vocabSize || tiedQuantized.k !== config.dim)) {
-    throw new FluteError('E_SHAPE', `${reader.file}: tensor lm_head.weight: expected [${config.vocabSize}, ${config.dim}], got [${tiedQuantized.n}, ${tiedQuantized.k}]`);
-  }
   // shareEmbedding: the quantized output layer is the embedding's own table (embeddingIsQuantizedOutput)
   const tokenEmbedding: EmbeddingTable = shareEmbedding ? (tiedQuantized as QuantizedLinear) : dense('model.embed_tokens.weight');
   const output: Linear = config.tiedEmbeddings
-    ? (tiedQuantized ?? { kind: 'dense', n: config.vocabSize, k: config.dim, weight: tokenEmbedding as Float32Array })
+    ? (tiedQuantized ?? { kind: 'dense', n: config.vocabSize, k: config.dim, weight: dense('model.embed_tokens.weight') })
     : linear('lm_head.weight');
   if (output.n !== config.vocabSize || output.k !== config.dim) {
     throw new FluteError('E_SHAPE', `${reader.file}: tensor lm_head.weight: expected [${config.vocabSize}, ${config.dim}], got [${output.n}, ${output.k}]`);
