@@ -128,11 +128,12 @@ function buildModule(pages: number): Uint8Array<ArrayBuffer> {
 
   // attention(q, k, v, att, scratch, nHeads, group, headDim, kvDim, count, scale): the first five are
   // byte addresses (k, v: this layer's first cache row); see CpuOps.attention. Per kv head, its `group`
-  // query heads together, so each cache row is fetched from memory once, not once per query head (at
-  // long contexts the cache is far larger than L2 and this pass is bound by its reads): scores four
-  // keys at a time (four independent sums, transposed into one f32x4), the last count % 4 one at a
-  // time; a softmax per head; then the values in slices of 8, 4 or 1 vectors held in locals over all
-  // positions, each slice's rows read by every head of the group while they sit in cache.
+  // query heads together, so a key row is read from memory once per group rather than once per head
+  // (at long contexts the cache outgrows L2): scores four keys at a time (four independent sums, not
+  // one chain, transposed into one f32x4), the last count % 4 one at a time; a softmax per head; then
+  // the values in slices of 8, 4 or 1 vectors held in locals over all positions (one store per slice
+  // rather than a load and a store per position), each slice's rows read by every head of the group
+  // while they sit in cache.
   {
     const f = new FuncBuilder('attention', [I32, I32, I32, I32, I32, I32, I32, I32, I32, I32, F32]);
     const [q, kBase, vBase, att, scratch, nHeads, group, headDim, kvDim, count, scale] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10];
