@@ -92,7 +92,8 @@ function npmInstallOnce(prefix: string, spec: string, installed: string, log: (l
   mkdirSync(prefix, { recursive: true });
   log(`installing ${spec} into ${prefix} (once)...`);
   const npm = process.platform === 'win32' ? 'npm.cmd' : 'npm';
-  const r = spawnSync(npm, ['install', '--prefix', prefix, spec, '--no-audit', '--no-fund', '--ignore-scripts'], { stdio: ['ignore', 'inherit', 'inherit'] });
+  // npm's report goes to our stderr: stdout carries --json's rows and nothing else
+  const r = spawnSync(npm, ['install', '--prefix', prefix, spec, '--no-audit', '--no-fund', '--ignore-scripts'], { stdio: ['ignore', 2, 'inherit'] });
   if (r.status !== 0 || !existsSync(installed)) {
     throw new FluteError('E_IO', `npm install --prefix ${prefix} ${spec} failed (exit ${r.status ?? r.error?.message}); ${purpose} needs the npm registry once`);
   }
