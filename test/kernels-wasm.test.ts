@@ -512,8 +512,9 @@ test('createBackend and loadModel pass the wasm options through; misplaced, unkn
   if (caps.relaxed) {
     for (const dot of ['split', 'fused'] as const) {
       const be = await createBackend('wasm', { threads: 1, wasm: { relaxedDot: dot } });
-      // the forced form runs unless this engine rejected it (then SIMD128 runs and says so)
-      assert.ok(be.info().variant.includes(`${dot} dot`) || !be.info().variant.includes('relaxed'), be.info().variant);
+      // the forced form runs, or this engine failed it (V8 11 with the fused form) and the variant says so
+      const v = be.info().variant;
+      assert.ok(v.startsWith(`SIMD128 + relaxed SIMD (${dot} dot`) || v.includes(`relaxed SIMD with ${dot} dot failed its self-check`), v);
       be.dispose();
     }
   }
