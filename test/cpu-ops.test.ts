@@ -106,7 +106,7 @@ test('cpu-ops: swiglu matches the JS loop (odd lengths, extreme and special gate
 // the f32 value sum g_count relative to sum_t p_t |v_td|, the division u. So
 // |out - ref| <= (2 max_t ds_t + 2 g_count + 8 u) sum_t p_t |v_td| (+ the JS side's final f32 rounding,
 // u |ref|). The test asserts twice that (the bounds are worst cases; typical errors are far smaller).
-test('cpu-ops: attention matches the JS loop (GQA groups 1/4/8, head sizes 4..128, positions 1..300)', (t) => {
+test('cpu-ops: attention matches the JS loop (GQA groups 1/4/8, head sizes 4..128, positions 1..300, both cache layouts)', (t) => {
   const nLayers = 2;
   const maxCount = 300;
   const shapes = [
@@ -136,15 +136,17 @@ test('cpu-ops: attention matches the JS loop (GQA groups 1/4/8, head sizes 4..12
     const scores = new Float64Array(maxCount);
     const acc = new Float64Array(headDim);
     let worstRatio = 0;
-    for (const count of [1, 2, 3, 5, 17, 64, 255, 300]) {
+    for (const [c, count] of [1, 2, 3, 5, 17, 64, 255, 300].entries()) {
       for (let i = 0; i < qDim; i++) q[i] = (rand() - 0.5) * 6;
       const kvOff = (count % 2) * maxCount * kvDim; // layer 0 or 1
-      attentionJs(q, 0, kc, vc, kvOff, ref, 0, scores, acc, nHeads, group, headDim, kvDim, count, scale);
-      ops.attention(q, 0, kc, vc, kvOff, att, 0, scores32, nHeads, group, headDim, kvDim, count, scale);
+      // both cache layouts: a head's positions contiguous (LlamaModel's), or positions holding all heads
+      const [rowStride, headStride] = c % 2 ? [headDim, maxCount * headDim] : [kvDim, headDim];
+      attentionJs(q, 0, kc, vc, kvOff, ref, 0, scores, acc, nHeads, group, headDim, rowStride, headStride, count, scale);
+      ops.attention(q, 0, kc, vc, kvOff, att, 0, scores32, nHeads, group, headDim, rowStride, headStride, count, scale);
       const gHd = (headDim * U) / (1 - headDim * U);
       const gCount = (count * U) / (1 - count * U);
       for (let h = 0; h < nHeads; h++) {
-        const kvo = kvOff + Math.floor(h / group) * headDim;
+        const kvo = kvOff + Math.floor(h / group) * headStride;
         const s = new Float64Array(count);
         let ds = 0;
         let mx = -Infinity;
@@ -152,8 +154,8 @@ test('cpu-ops: attention matches the JS loop (GQA groups 1/4/8, head sizes 4..12
           let dot = 0;
           let absDot = 0;
           for (let d = 0; d < headDim; d++) {
-            dot += q[h * headDim + d] * kc[kvo + tt * kvDim + d];
-            absDot += Math.abs(q[h * headDim + d] * kc[kvo + tt * kvDim + d]);
+            dot += q[h * headDim + d] * kc[kvo + tt * rowStride + d];
+            absDot += Math.abs(q[h * headDim + d] * kc[kvo + tt * rowStride + d]);
           }
           s[tt] = dot * scale;
           mx = Math.max(mx, s[tt]);
@@ -163,7 +165,7 @@ test('cpu-ops: attention matches the JS loop (GQA groups 1/4/8, head sizes 4..12
         for (let tt = 0; tt < count; tt++) sum += s[tt] = Math.exp(s[tt] - mx);
         for (let d = 0; d < headDim; d++) {
           let pv = 0;
-          for (let tt = 0; tt < count; tt++) pv += (s[tt] / sum) * Math.abs(vc[kvo + tt * kvDim + d]);
+          for (let tt = 0; tt < count; tt++) pv += (s[tt] / sum) * Math.abs(vc[kvo + tt * rowStride + d]);
           const o = h * headDim + d;
           const bound = (2 * ds + 2 * gCount + 8 * U) * pv + U * Math.abs(ref[o]);
           const err = Math.abs(att[o] - ref[o]);

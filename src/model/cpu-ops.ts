@@ -16,14 +16,14 @@ export function swigluJs(gate: Float32Array, up: Float32Array, n: number): void 
 export function attentionJs(
   q: Float32Array, qOff: number, keyCache: Float32Array, valueCache: Float32Array, kvOff: number,
   att: Float32Array, attOff: number, scores: Float64Array, acc: Float64Array,
-  nHeads: number, group: number, headDim: number, kvDim: number, count: number, scale: number,
+  nHeads: number, group: number, headDim: number, rowStride: number, headStride: number, count: number, scale: number,
 ): void {
   for (let h = 0; h < nHeads; h++) {
     const qo = qOff + h * headDim;
-    const kvo = kvOff + Math.floor(h / group) * headDim;
+    const kvo = kvOff + Math.floor(h / group) * headStride;
     let max = -Infinity;
     for (let t = 0; t < count; t++) {
-      const ko = kvo + t * kvDim;
+      const ko = kvo + t * rowStride;
       let dot = 0;
       for (let d = 0; d < headDim; d++) dot += q[qo + d] * keyCache[ko + d];
       scores[t] = dot * scale;
@@ -35,7 +35,7 @@ export function attentionJs(
     acc.fill(0, 0, headDim);
     for (let t = 0; t < count; t++) {
       const p = scores[t];
-      const vo = kvo + t * kvDim;
+      const vo = kvo + t * rowStride;
       for (let d = 0; d < headDim; d++) acc[d] += p * valueCache[vo + d];
     }
     const ao = attOff + h * headDim;
@@ -126,8 +126,8 @@ function buildModule(pages: number): Uint8Array<ArrayBuffer> {
     mb.add(f);
   }
 
-  // attention(q, k, v, att, scratch, nHeads, group, headDim, kvDim, count, scale): the first five are
-  // byte addresses (k, v: this layer's first cache row); see CpuOps.attention. Per kv head, its `group`
+  // attention(q, k, v, att, scratch, nHeads, group, headDim, rowStride, headStride, count, scale): the
+  // first five are byte addresses (k, v: this layer's cache); see CpuOps.attention. Per kv head, its `group`
   // query heads together, so a key row is read from memory once per group rather than once per head
   // (at long contexts the cache outgrows L2): scores four keys at a time (four independent sums, not
   // one chain, transposed into one f32x4), the last count % 4 one at a time; a softmax per head; then
@@ -135,9 +135,9 @@ function buildModule(pages: number): Uint8Array<ArrayBuffer> {
   // rather than a load and a store per position), each slice's rows read by every head of the group
   // while they sit in cache.
   {
-    const f = new FuncBuilder('attention', [I32, I32, I32, I32, I32, I32, I32, I32, I32, I32, F32]);
-    const [q, kBase, vBase, att, scratch, nHeads, group, headDim, kvDim, count, scale] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10];
-    const [hk, g, qg, qo, so, ko, vo, t, d, hdB, rowB, cntB, strideB, sums, k1, k2, k3, d0, vt] = f.locals(I32, 19);
+    const f = new FuncBuilder('attention', [I32, I32, I32, I32, I32, I32, I32, I32, I32, I32, I32, F32]);
+    const [q, kBase, vBase, att, scratch, nHeads, group, headDim, rowStride, headStride, count, scale] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11];
+    const [hk, g, qg, qo, so, ko, vo, t, d, hdB, rowB, headB, cntB, strideB, sums, k1, k2, k3, d0, vt] = f.locals(I32, 20);
     const [max] = f.locals(F32, 1);
     const [acc, x, k, r, p, ki, pv, qv] = f.locals(V128, 8);
     const a = f.locals(V128, 8);
@@ -150,14 +150,15 @@ function buildModule(pages: number): Uint8Array<ArrayBuffer> {
     };
     const queryHead = () => f.get(qg).get(g).get(hdB).op(Op.i32_mul).op(Op.i32_add).set(qo);
     f.get(headDim).i32(2).op(Op.i32_shl).set(hdB);
-    f.get(kvDim).i32(2).op(Op.i32_shl).set(rowB);
+    f.get(rowStride).i32(2).op(Op.i32_shl).set(rowB);
+    f.get(headStride).i32(2).op(Op.i32_shl).set(headB);
     f.get(count).i32(2).op(Op.i32_shl).set(cntB);
     f.get(count).i32(7).op(Op.i32_add).i32(-4).op(Op.i32_and).i32(2).op(Op.i32_shl).set(strideB); // count + 4 floats of pad, rounded to 4
     f.get(scratch).get(group).get(strideB).op(Op.i32_mul).op(Op.i32_add).set(sums); // then one f32 sum per head
     f.forLoop(hk, () => f.i32(0), () => f.get(nHeads).get(group).op(Op.i32_div_u), 1, () => {
       f.get(q).get(hk).get(group).op(Op.i32_mul).get(hdB).op(Op.i32_mul).op(Op.i32_add).set(qg);
-      f.get(kBase).get(hk).get(hdB).op(Op.i32_mul).op(Op.i32_add).set(ko);
-      f.get(vBase).get(hk).get(hdB).op(Op.i32_mul).op(Op.i32_add).set(vo);
+      f.get(kBase).get(hk).get(headB).op(Op.i32_mul).op(Op.i32_add).set(ko);
+      f.get(vBase).get(hk).get(headB).op(Op.i32_mul).op(Op.i32_add).set(vo);
       // scores[g][t..t+3] = (q_g . k_t) * scale, four keys per pass, every head of the group
       f.forLoop(t, () => f.i32(0), () => f.get(cntB).i32(12).op(Op.i32_sub), 16, () => {
         f.get(ko).get(rowB).op(Op.i32_add).set(k1);
@@ -262,7 +263,7 @@ export class CpuOps {
   private readonly fns: {
     exp(ptr: number, n: number): void;
     swiglu(gate: number, up: number, n: number): void;
-    attention(q: number, k: number, v: number, att: number, scores: number, nHeads: number, group: number, headDim: number, kvDim: number, count: number, scale: number): void;
+    attention(q: number, k: number, v: number, att: number, scratch: number, nHeads: number, group: number, headDim: number, rowStride: number, headStride: number, count: number, scale: number): void;
   };
 
   private constructor(readonly memory: WebAssembly.Memory, instance: WebAssembly.Instance) {
@@ -310,17 +311,17 @@ export class CpuOps {
   }
 
   /**
-   * Query heads h < nHeads of q[qOff..] against cache rows 0..count-1 starting at kvOff (row stride
-   * kvDim), head h reading kv head floor(h / group): att[attOff + h headDim ..] = softmax(q.k scale) V.
-   * scratch: alloc()ed with at least attentionScratchFloats(count, group) floats. headDim must be a
-   * multiple of 4.
+   * Query heads h < nHeads of q[qOff..] against cache positions 0..count-1, head h reading kv head
+   * j = floor(h / group), whose position t starts at kvOff + j headStride + t rowStride (floats):
+   * att[attOff + h headDim ..] = softmax(q.k scale) V. scratch: alloc()ed with at least
+   * attentionScratchFloats(count, group) floats. headDim must be a multiple of 4.
    */
   attention(
     q: Float32Array, qOff: number, keyCache: Float32Array, valueCache: Float32Array, kvOff: number,
     att: Float32Array, attOff: number, scratch: Float32Array,
-    nHeads: number, group: number, headDim: number, kvDim: number, count: number, scale: number,
+    nHeads: number, group: number, headDim: number, rowStride: number, headStride: number, count: number, scale: number,
   ): void {
-    this.fns.attention(q.byteOffset + qOff * 4, keyCache.byteOffset + kvOff * 4, valueCache.byteOffset + kvOff * 4, att.byteOffset + attOff * 4, scratch.byteOffset, nHeads, group, headDim, kvDim, count, scale);
+    this.fns.attention(q.byteOffset + qOff * 4, keyCache.byteOffset + kvOff * 4, valueCache.byteOffset + kvOff * 4, att.byteOffset + attOff * 4, scratch.byteOffset, nHeads, group, headDim, rowStride, headStride, count, scale);
   }
 }
 

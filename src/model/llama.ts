@@ -69,8 +69,9 @@ class RunState {
   readonly opsAttention: CpuOps | null; // ops, where headDim suits the SIMD attention (a multiple of 4)
   readonly attScratch: Float32Array; // the SIMD attention's scratch: a group of heads' scores and sums
   readonly logits: Float32Array; // [B, vocab]
-  readonly keyCache: Float32Array; // [nLayers, seqLen, kvDim]
-  readonly valueCache: Float32Array; // [nLayers, seqLen, kvDim]
+  // [nLayers, nKvHeads, seqLen, headDim]: a head's positions are contiguous, so attention streams them
+  readonly keyCache: Float32Array;
+  readonly valueCache: Float32Array;
   readonly ropeCos: Float32Array; // [seqLen, headDim/2]
   readonly ropeSin: Float32Array; // [seqLen, headDim/2]
   private readonly views: ChunkViews[] = []; // [B + 1] by m, made on first use
@@ -223,7 +224,7 @@ export class LlamaModel {
 
     for (let l = 0; l < c.nLayers; l++) {
       const L = this.layers[l];
-      const cacheBase = l * seqLen * kvDim; // start of layer l in [nLayers, seqLen, kvDim]
+      const cacheBase = l * seqLen * kvDim; // start of layer l in [nLayers, nKvHeads, seqLen, headDim]
 
       // Attention RMSNorm (input_layernorm), then q/k/v projections: [m, dim] -> [m, qDim], [m, kvDim] x2
       rmsnorm(s.xb, s.x, L.attnNorm, m, dim, c.normEps);
@@ -240,9 +241,12 @@ export class LlamaModel {
         const pos = pos0 + i;
         this.rope(s.q, i * qDim, nHeads, pos);
         this.rope(s.k, i * kvDim, nKvHeads, pos);
-        const at = cacheBase + pos * kvDim;
-        s.keyCache.set(s.k.subarray(i * kvDim, (i + 1) * kvDim), at);
-        s.valueCache.set(s.v.subarray(i * kvDim, (i + 1) * kvDim), at);
+        for (let h = 0; h < nKvHeads; h++) {
+          const from = i * kvDim + h * headDim;
+          const at = cacheBase + (h * seqLen + pos) * headDim;
+          s.keyCache.set(s.k.subarray(from, from + headDim), at);
+          s.valueCache.set(s.v.subarray(from, from + headDim), at);
+        }
       }
 
       // Grouped-query attention with a causal mask: token i attends to positions 0..pos0+i;
@@ -251,9 +255,9 @@ export class LlamaModel {
       const scale = 1 / Math.sqrt(headDim);
       for (let i = 0; i < m; i++) {
         if (s.opsAttention) {
-          s.opsAttention.attention(s.q, i * qDim, s.keyCache, s.valueCache, cacheBase, s.att, i * qDim, s.attScratch, nHeads, group, headDim, kvDim, pos0 + i + 1, scale);
+          s.opsAttention.attention(s.q, i * qDim, s.keyCache, s.valueCache, cacheBase, s.att, i * qDim, s.attScratch, nHeads, group, headDim, headDim, seqLen * headDim, pos0 + i + 1, scale);
         } else {
-          attentionJs(s.q, i * qDim, s.keyCache, s.valueCache, cacheBase, s.att, i * qDim, s.scores, s.headAcc, nHeads, group, headDim, kvDim, pos0 + i + 1, scale);
+          attentionJs(s.q, i * qDim, s.keyCache, s.valueCache, cacheBase, s.att, i * qDim, s.scores, s.headAcc, nHeads, group, headDim, headDim, seqLen * headDim, pos0 + i + 1, scale);
         }
       }
 
