@@ -165,8 +165,14 @@ test('cpu-ops: attention matches the JS loop (GQA groups 1/4/8, head sizes 4..12
         for (let tt = 0; tt < count; tt++) sum += s[tt] = Math.exp(s[tt] - mx);
         for (let d = 0; d < headDim; d++) {
           let pv = 0;
-          for (let tt = 0; tt < count; tt++) pv += (s[tt] / sum) * Math.abs(vc[kvo + tt * rowStride + d]);
+          let exact = 0;
+          for (let tt = 0; tt < count; tt++) {
+            pv += (s[tt] / sum) * Math.abs(vc[kvo + tt * rowStride + d]);
+            exact += (s[tt] / sum) * vc[kvo + tt * rowStride + d];
+          }
           const o = h * headDim + d;
+          // the JS loop itself (f64, stored as f32) against this independent f64 sum: its own f32 rounding
+          assert.ok(Math.abs(ref[o] - exact) <= U * Math.abs(exact) + 1e-12 * pv, `attentionJs h ${h} d ${d}: ${ref[o]} vs ${exact}`);
           const bound = (2 * ds + 2 * gCount + 8 * U) * pv + U * Math.abs(ref[o]);
           const err = Math.abs(att[o] - ref[o]);
           worstRatio = Math.max(worstRatio, err / bound);
