@@ -241,11 +241,14 @@ export class LlamaModel {
         const pos = pos0 + i;
         this.rope(s.q, i * qDim, nHeads, pos);
         this.rope(s.k, i * kvDim, nKvHeads, pos);
+        // per kv head, a plain copy (no subarray views made per token, head and layer)
         for (let h = 0; h < nKvHeads; h++) {
           const from = i * kvDim + h * headDim;
           const at = cacheBase + (h * seqLen + pos) * headDim;
-          s.keyCache.set(s.k.subarray(from, from + headDim), at);
-          s.valueCache.set(s.v.subarray(from, from + headDim), at);
+          for (let d = 0; d < headDim; d++) {
+            s.keyCache[at + d] = s.k[from + d];
+            s.valueCache[at + d] = s.v[from + d];
+          }
         }
       }
 
