@@ -126,7 +126,7 @@ export async function loadLlamaWeights(
 ): Promise<LlamaWeights> {
   const tensors = new Map<string, Float32Array | Linear>();
   const tiedQuantized = config.tiedEmbeddings ? await quantized?.('lm_head.weight') : undefined;
-  const shareEmbedding = tiedQuantized?.kind === 'quantized' && embeddingIsQuantizedOutput(config, reader, true);
+  const shareEmbedding = embeddingIsQuantizedOutput(config, reader, tiedQuantized?.kind === 'quantized');
   for (const spec of llamaTensorSpecs(config)) {
     if (shareEmbedding && spec.name === 'model.embed_tokens.weight') continue;
     const q = spec.linear ? await quantized?.(spec.name) : undefined;
