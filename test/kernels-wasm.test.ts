@@ -710,8 +710,8 @@ test('wasm relaxed dot order: fused first only where V8 maps it onto VPDPBUSD (x
     t.skip('no relaxed SIMD in this runtime');
     return;
   }
-  // Measured (BENCHMARKS.md, "Which Node"): the fused form without VPDPBUSD is five x64 instructions
-  // and 20-46% slower than the split form's three; with it, 18% faster.
+  // Measured (BENCHMARKS.md, "Which Node"): the fused form without VPDPBUSD (Node 22) is 20% slower
+  // than the split form; with it (Node 24, 26), 18% faster. On V8 11 it fails the self-check.
   const { readFileSync } = await import('node:fs');
   let vnni = false;
   try {
