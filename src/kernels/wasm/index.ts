@@ -728,9 +728,9 @@ function selfCheck(be: WasmBackend): void {
  * Measured, 1-thread decode of a 1B-shape IQ4_NL model on a Zen 5 with AVX-VNNI, split against fused
  * in one process: Node 22 (V8 12.4) 24.5 against 19.6 tok/s, Node 24 (V8 13.6) 25.3 against 29.7,
  * Node 26 (V8 14.6) 24.9 against 29.2; on Node 20 (V8 11.3) split gives 25.2, and fused, rejected by
- * that self-check, leaves the SIMD128 kernels (13.6). So Node on x64 puts the
- * fused form first only from V8 13 and, where /proc/cpuinfo can say, on a CPU with AVX-VNNI (without
- * it V8 falls back to the five-instruction form). Browsers cannot ask; there fused goes first.
+ * that self-check, leaves the SIMD128 kernels (13.6). So Node on x64 puts the fused form first only
+ * from V8 13 and, where /proc/cpuinfo can say, on a CPU with AVX-VNNI (without it V8 falls back to the
+ * five-instruction form). Browsers cannot ask; there fused goes first.
  */
 async function relaxedDotOrder(): Promise<('fused' | 'split')[]> {
   if (!isNode || process.arch !== 'x64') return ['fused', 'split'];
