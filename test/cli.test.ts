@@ -80,6 +80,13 @@ test('quantize, inspect, run and eval a checkpoint', () => {
   const e = JSON.parse(ev.stdout);
   assert.equal(e.window, 128);
   assert.ok(e.perplexity > 1 && e.perplexity < 20, String(e.perplexity));
+  assert.equal(e.windowNll.length, 4);
+  const spread = flute('eval', 'nf3.safetensors', '--window', '128', '--max-windows', '4', '--spread', '--json');
+  assert.equal(spread.code, 0, spread.stderr);
+  const sp = JSON.parse(spread.stdout);
+  assert.equal(sp.windows, 4);
+  assert.equal(sp.windowNll[0], e.windowNll[0], 'both start with the first window');
+  assert.notDeepEqual(sp.windowNll, e.windowNll, 'the rest come from further into the text');
   rmSync(join(dir, 'nf3.safetensors'));
 });
 
@@ -97,6 +104,7 @@ test('bad input: typed errors, non-zero exit, no output file', () => {
   assertFails(flute('quantize', '--group-size', '0', '--out', 'x.safetensors'), 'E_OPTION', '--group-size');
   assertFails(flute('run', '--top-p', '1.5'), 'E_OPTION', '--top-p');
   assertFails(flute('eval', '--window', '1'), 'E_OPTION', '--window');
+  assertFails(flute('eval', '--spread'), 'E_OPTION', '--spread');
   writeFileSync(join(dir, 'table3.json'), JSON.stringify([0, 1, 2]));
   assertFails(flute('quantize', '--bits', '2', '--table', 'table3.json', '--out', 'x.safetensors'), 'E_SHAPE', 'needs 4 values, got 3');
   writeFileSync(join(dir, 'bad.json'), '{"values": [1, "a"]}');

@@ -1,12 +1,13 @@
 // Perplexity: stories260K on a prefix of the TinyStories excerpt lands in a plausible range, the
-// windowed batched scoring equals a token-by-token computation, and bad options are refused.
+// windowed batched scoring equals a token-by-token computation, windows can be spread over the whole
+// stream, and bad options are refused.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync, readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { FluteError } from '../src/errors.js';
-import { evalTokens, perplexity } from '../src/eval/perplexity.js';
+import { evalTokens, perplexity, perplexityOfTokens, windowsOf } from '../src/eval/perplexity.js';
 import { openLlama2c } from '../src/format/llama2c.js';
 import { createRefBackend } from '../src/kernels/ref/index.js';
 import { LlamaModel } from '../src/model/llama.js';
@@ -94,4 +95,28 @@ test('perplexity refuses bad windows and texts with nothing to score; aborts wit
     perplexity(model, tokenizer, text, { window: 64, signal: AbortSignal.abort() }),
     (e: unknown) => e instanceof FluteError && e.code === 'E_ABORTED',
   );
+});
+
+test('windowsOf: the first windows, or full ones spread evenly over the stream; perplexityOfTokens scores exactly those', async () => {
+  assert.deepEqual(windowsOf(1005, 10, 3), [[0, 10], [10, 20], [20, 30]]);
+  // 100 full windows, 7 spread: window indices floor(j * 100 / 7)
+  assert.deepEqual(windowsOf(1005, 10, 7, true).map(([s]) => s / 10), [0, 14, 28, 42, 57, 71, 85]);
+  // room for all of them: every window, the partial last one (5 tokens) included, spread or not
+  assert.equal(windowsOf(1005, 10, 101, true).length, 101);
+  assert.deepEqual(windowsOf(1005, 10, 101, true).at(-1), [1000, 1005]);
+  assert.deepEqual(windowsOf(1005, 10, 100, true), windowsOf(1005, 10, 100), 'as many as the full windows: all of them, no partial one');
+
+  const ids = evalTokens(tokenizer, text.slice(0, 3000));
+  const window = 24;
+  const r = await perplexityOfTokens(model, ids, { window, maxWindows: 4, spread: true });
+  const picked = windowsOf(ids.length, window, 4, true);
+  assert.ok(picked.at(-1)![0] > 3 * window, 'the picked windows reach past the first four');
+  let sum = 0;
+  for (const [w, [s, e]] of picked.entries()) {
+    const alone = await perplexityOfTokens(model, ids.slice(s, e), { window }); // that window as a stream of its own
+    assert.equal(r.windowNll[w], alone.nll);
+    assert.equal(r.windowTokens[w], e - s - 1);
+    sum += alone.nll * (e - s - 1);
+  }
+  assert.ok(Math.abs(r.nll - sum / r.tokens) < 1e-12);
 });
