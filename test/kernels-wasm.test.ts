@@ -15,7 +15,7 @@ import type { KernelBackend } from '../src/kernels/types.js';
 import { loadModel } from '../src/model/load.js';
 import { bundledModelPath } from '../src/cli/paths.js';
 import { INT_PATH_MAX_REL_ERROR, affineOffset, createWasmBackend, packForWasm, wasmCapabilities, type WasmKernelBackend, type WasmMatmulOptions } from '../src/kernels/wasm/index.js';
-import { buildKernelModule } from '../src/kernels/wasm/codegen.js';
+import { buildKernelModule, type KernelVariant } from '../src/kernels/wasm/codegen.js';
 import { FuncBuilder, I32, ModuleBuilder, Op } from '../src/kernels/wasm/encoder.js';
 import { ThreadPool } from '../src/kernels/wasm/threads.js';
 import { buildCodebook, quantizeActivations, roundUp, tileF32, type ActGeometry } from '../src/kernels/wasm/layout.js';
@@ -822,9 +822,15 @@ test('wasm threads: the barrier timeout option is validated; shared and caller-o
   }
 });
 
-test('wasm activation preparation (act_quant8/16, act_tile_f32) matches its JS specification in layout.ts', async () => {
+test('wasm activation preparation (act_quant8/16, act_tile_f32) matches its JS specification in layout.ts, in the SIMD128 and relaxed modules', async () => {
+  // the relaxed module's act_quant truncates with relaxed_trunc: the same integers for finite input
+  if (!caps.relaxed) console.log('# relaxed SIMD unavailable here: act_quant checked in the SIMD128 module only');
+  for (const v of caps.relaxed ? [{ relaxed: false }, { relaxed: true, dot: 'fused' } as const] : [{ relaxed: false }]) await checkActivationPreparation(v);
+});
+
+async function checkActivationPreparation(v: KernelVariant): Promise<void> {
   const memory = new WebAssembly.Memory({ initial: 64, maximum: 64 });
-  const inst = await WebAssembly.instantiate(await WebAssembly.compile(buildKernelModule({ relaxed: false }, false)), { env: { memory } });
+  const inst = await WebAssembly.instantiate(await WebAssembly.compile(buildKernelModule(v, false)), { env: { memory } });
   const ex = inst.exports as unknown as {
     act_quant8(...a: number[]): void;
     act_quant16(...a: number[]): void;
@@ -841,7 +847,7 @@ test('wasm activation preparation (act_quant8/16, act_tile_f32) matches its JS s
     tileF32({ ...a, tile: 1 }, x, rows); // padded rows = tiles of one row
     const src = 1024;
     new Float32Array(memory.buffer, src, m * kp).set(rows);
-    const id = `act(m=${m},k=${k},g=${g},block=${block},tile=${tile})`;
+    const id = `act(${v.relaxed ? 'relaxed' : 'simd128'}, m=${m},k=${k},g=${g},block=${block},tile=${tile})`;
     const wantF = new Float32Array(m * kp);
     tileF32(a, x, wantF);
     ex.act_tile_f32(src, m, kp, tile, 1 << 20);
@@ -858,4 +864,4 @@ test('wasm activation preparation (act_quant8/16, act_tile_f32) matches its JS s
       assert.deepEqual(new Int32Array(memory.buffer, 2 << 20, nb * m * 2), wantP, `${id}: block params, Q = ${qmax}`);
     }
   }
-});
+}

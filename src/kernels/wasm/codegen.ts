@@ -688,9 +688,12 @@ function genericKernel(): FuncBuilder {
  * activations src [M][Kp] and block of A columns: d = amax/qmax, q = nearest(x * (qmax/amax)) (ties to
  * even), written as tiles [Kp/4][t][4] of int8 or int16 (layout.ts), and per (block, row) the pair
  * (d * tscale as f32, offset * sum(q) as i32) at params [tile: [blocks][t][2]].
- * Same rule as layout.ts quantizeActivations (the JS specification of this function).
+ * Same rule as layout.ts quantizeActivations (the JS specification of this function). Relaxed
+ * modules truncate with relaxed_trunc (one cvttps2dq on x64 instead of trunc_sat's fix-up sequence):
+ * the values are already rounded and within +-qmax, so only a NaN or infinite input, which makes d
+ * and so every output of the matmul non-finite anyway, can give another q.
  */
-function actQuantKernel(wide: boolean): FuncBuilder {
+function actQuantKernel(wide: boolean, relaxed: boolean): FuncBuilder {
   const f = new FuncBuilder(wide ? 'act_quant16' : 'act_quant8', [I32, I32, I32, I32, I32, I32, I32, F32, F32, I32]);
   const [src, M, kp, A, mtMax, dst, prm, qmax, ts, off] = range(10);
   const i = f.local(I32);
@@ -708,6 +711,7 @@ function actQuantKernel(wide: boolean): FuncBuilder {
   const vmax = f.local(V128);
   const acc = f.local(V128);
   const v = f.local(V128);
+  const invv = f.local(V128);
   const eb = wide ? 2 : 1;
   f.get(kp).get(A).op(Op.i32_div_u).set(nb);
   f.forLoop(i, () => f.i32(0), () => f.get(M), 1, () => {
@@ -729,6 +733,7 @@ function actQuantKernel(wide: boolean): FuncBuilder {
       f.get(vmax).lane(S.f32x4_extract_lane, 2).get(vmax).lane(S.f32x4_extract_lane, 3).op(Op.f32_max).op(Op.f32_max).set(amax);
       f.f32(0).set(inv);
       f.get(amax).f32(0).op(Op.f32_gt).if(() => f.get(qmax).get(amax).op(Op.f32_div).set(inv));
+      f.get(inv).simd(S.f32x4_splat).set(invv);
       // first 4-group of this (row, block) in the tile: element m0*Kp + ((b*A/4)*t + (i-m0))*4 = m0*Kp + b*A*t + 4(i-m0)
       f.get(dst);
       f.get(m0).get(kp).op(Op.i32_mul);
@@ -736,7 +741,7 @@ function actQuantKernel(wide: boolean): FuncBuilder {
       f.get(i).get(m0).op(Op.i32_sub).i32(4).op(Op.i32_mul).op(Op.i32_add, Op.i32_add).i32(eb).op(Op.i32_mul, Op.i32_add).set(dp);
       f.zero().set(acc);
       f.forLoop(c, () => f.i32(0), () => f.get(A), 4, () => {
-        f.get(sp).v128Load(0).get(inv).simd(S.f32x4_splat).simd(S.f32x4_mul).simd(S.f32x4_nearest).simd(S.i32x4_trunc_sat_f32x4_s).set(v);
+        f.get(sp).v128Load(0).get(invv).simd(S.f32x4_mul).simd(S.f32x4_nearest).simd(relaxed ? S.i32x4_relaxed_trunc_f32x4_s : S.i32x4_trunc_sat_f32x4_s).set(v);
         f.get(acc).get(v).simd(S.i32x4_add).set(acc);
         f.get(dp).get(v).get(v).simd(S.i16x8_narrow_i32x4_s);
         if (wide) f.simdMemLane(S.v128_store64_lane, 0, 0, 0);
@@ -840,8 +845,8 @@ export function buildKernelModule(v: KernelVariant, shared = true): Uint8Array<A
     }),
   );
   mb.add(work);
-  mb.add(actQuantKernel(false));
-  mb.add(actQuantKernel(true));
+  mb.add(actQuantKernel(false, v.relaxed));
+  mb.add(actQuantKernel(true, v.relaxed));
   mb.add(actTileKernel());
   if (v.relaxed) mb.add(probeDotFunction(v));
   return mb.encode();

@@ -47,7 +47,7 @@ export const S = {
   f32x4_min: 232, f32x4_max: 233, f32x4_nearest: 106,
   i32x4_trunc_sat_f32x4_s: 248, f32x4_convert_i32x4_s: 250,
   // relaxed SIMD
-  i8x16_relaxed_swizzle: 0x100, f32x4_relaxed_madd: 0x105, i16x8_relaxed_dot_i8x16_i7x16_s: 0x112,
+  i8x16_relaxed_swizzle: 0x100, i32x4_relaxed_trunc_f32x4_s: 0x101, f32x4_relaxed_madd: 0x105, i16x8_relaxed_dot_i8x16_i7x16_s: 0x112,
   i32x4_relaxed_dot_i8x16_i7x16_add_s: 0x113,
 } as const;
 
