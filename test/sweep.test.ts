@@ -1,5 +1,6 @@
-// The quality sweep: a tiny sweep (two texts, one window each, two bit widths, one group size, every
-// method) gives exactly the expected rows, renders them as a table and writes the file atomically.
+// The quality sweep: a tiny sweep (two texts, three windows each, two bit widths, one group size, every
+// method) gives exactly the expected rows, renders them as a table with standard errors and writes the
+// file atomically; the bootstrap standard error agrees with the textbook one.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
@@ -7,7 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { bundledEvalTextPath, bundledModelPath, bundledWikiTextPath } from '../src/cli/paths.js';
 import { evalTokens, perplexity } from '../src/eval/perplexity.js';
-import { gapClosed, renderQualityMarkdown, runSweep, textPrefixForTokens, writeQualityMarkdown, type SweepText } from '../src/eval/sweep.js';
+import { bootstrapStdErr, gapClosed, renderQualityMarkdown, runSweep, writeQualityMarkdown, type SweepRow, type SweepText } from '../src/eval/sweep.js';
 import { createRefBackend } from '../src/kernels/ref/index.js';
 import { LlamaModel } from '../src/model/llama.js';
 import { openModelFile } from '../src/model/open.js';
@@ -31,18 +32,26 @@ let dir = '';
 before(() => { dir = mkdtempSync(join(tmpdir(), 'flute-sweep-')); });
 after(() => rmSync(dir, { recursive: true, force: true }));
 
-test('textPrefixForTokens keeps whole blocks and exactly the token prefix', () => {
-  const full = evalTokens(tokenizer, texts[0].text);
-  const prefix = textPrefixForTokens(tokenizer, texts[0].text, 100);
-  const ids = evalTokens(tokenizer, prefix);
-  assert.ok(ids.length >= 100 && ids.length < full.length);
-  assert.deepEqual(ids, full.slice(0, ids.length));
+test('bootstrapStdErr: the standard error of a mean over windows, paired across rows', () => {
+  const row = (windowNll: number[]): SweepRow => ({
+    method: 'fp32', bits: null, groupSize: null, bitsPerWeight: 32, text: 't', perplexity: NaN, nll: NaN, tokens: NaN,
+    windowNll, windowTokens: windowNll.map(() => 255),
+  });
+  // 400 windows of mean NLL 1 or 2: log perplexity is their mean, whose standard error is 0.5 / sqrt(400)
+  const a = row(Array.from({ length: 400 }, (_, i) => 1 + (i % 2)));
+  const se = bootstrapStdErr([a], ([p]) => Math.log(p))!;
+  assert.ok(Math.abs(se / 0.025 - 1) < 0.1, `bootstrap ${se}, textbook 0.025`);
+  // a row that is another plus a constant: their perplexity ratio is the same in every resample
+  const b = row(a.windowNll.map((v) => v + 0.3));
+  assert.ok(bootstrapStdErr([a, b], ([p, q]) => q / p)! < 1e-12);
+  assert.equal(bootstrapStdErr([row([1])], ([p]) => p), undefined, 'one window has no spread to measure');
+  assert.equal(bootstrapStdErr([a, row([1, 2])], ([p]) => p), undefined, 'rows scored on other windows are not paired');
 });
 
 test('a tiny sweep gives one row per method x bits x g x text (fp4 only at 4 bits, FLUTE-recipe NFL at g = 32) and renders them', async () => {
   const notes: string[] = [];
   const result = await runSweep(config, dense, tokenizer, texts, {
-    bits: [2, 4], groupSizes: [32], window: 32, maxWindows: 1, backend: createRefBackend(),
+    bits: [2, 4], groupSizes: [32], window: 32, maxWindows: 3, backend: createRefBackend(),
     nfl: { sequences: 2, length: 17, steps: 2, lr: 1e-3 }, nflFlute: { sequences: 2, length: 17 }, calibTokens: evalTokens(tokenizer, split.calibration.slice(0, 2000)),
     onProgress: (_d, _t, note) => notes.push(note),
   });
@@ -50,7 +59,8 @@ test('a tiny sweep gives one row per method x bits x g x text (fp4 only at 4 bit
   const want = ['fp32/null/null', 'int/2/32', 'int/4/32', 'nf/2/32', 'nf/4/32', 'nfl/2/32', 'nfl/4/32', 'nfl-flute/2/32', 'nfl-flute/4/32', 'fp4/4/32'].flatMap((c) => [`${c}/TinyStories`, `${c}/WikiText-2`]);
   assert.deepEqual(result.rows.map(key), want);
   for (const r of result.rows) {
-    assert.equal(r.tokens, 31, key(r)); // one window of 32: every token after the first
+    assert.equal(r.tokens, 3 * 31, key(r)); // three windows of 32: every token after the first
+    assert.equal(r.windowNll.length, 3, key(r));
     assert.ok(Number.isFinite(r.perplexity) && r.perplexity > 1, key(r));
     if (r.method === 'fp32') assert.equal(r.bitsPerWeight, 32);
     // b-bit indices + 16-bit scales per 32 (more for the ragged K = 172 groups) + a tiny table
@@ -60,10 +70,14 @@ test('a tiny sweep gives one row per method x bits x g x text (fp4 only at 4 bit
   assert.deepEqual(result.nfl.map((n) => n.steps), [2, 2, 2, 2]);
   assert.ok(notes.some((n) => n.includes('NFL step 2/2')));
 
-  // The fp32 row is exactly what perplexity() gives on a LlamaModel of the dense weights.
+  // The fp32 row is exactly what perplexity() gives on a LlamaModel of the dense weights, on windows
+  // spread over the whole text (not its first three).
   const m = new LlamaModel(config, dense, createRefBackend(), { maxBatch: 32, seqLen: 32 });
-  const direct = await perplexity(m, tokenizer, texts[1].text, { window: 32, maxWindows: 1 });
+  const direct = await perplexity(m, tokenizer, texts[1].text, { window: 32, maxWindows: 3, spread: true });
+  const first = await perplexity(m, tokenizer, texts[1].text, { window: 32, maxWindows: 3 });
   assert.equal(result.rows[1].perplexity, direct.perplexity);
+  assert.deepEqual(result.rows[1].windowNll, Array.from(direct.windowNll));
+  assert.notEqual(direct.perplexity, first.perplexity);
   m.dispose();
 
   const md = renderQualityMarkdown(result, {
@@ -77,7 +91,9 @@ test('a tiny sweep gives one row per method x bits x g x text (fp4 only at 4 bit
   assert.match(md, /\| NFL, FLUTE recipe \| 4 \| 32 \|/);
   const closed = gapClosed(result.rows, 4, 32, 'TinyStories');
   assert.ok(closed !== undefined && md.includes(`${(closed * 100).toFixed(1)}%`));
-  assert.match(md, /NFL at 4 bits, g = 32, within 2% of fp32 on TinyStories: .* \*\*(met|not met)\*\*/);
+  assert.match(md, /NFL at 4 bits, g = 32, within 2% of fp32 on TinyStories: [\d.]+% (above|below) fp32 \(\+-[\d.]+%, one standard error over windows\), \*\*(met|not met)\*\*/);
+  assert.match(md, /NFL closes at least half of NF RTN's gap to fp32 at 2 bits, g = 32, on TinyStories: [-\d.]+% closed \(\+-[\d.]+ points, one standard error over windows\)/);
+  assert.match(md, /Scored text "WikiText-2": wiki\.test\.raw; 3 windows of 32 tokens spread evenly over it, each from an empty context \(93 scored tokens\): the fp32 perplexity here estimates the whole text's to \+-[\d.]+%/);
 
   const out = join(dir, 'QUALITY.md');
   await writeQualityMarkdown(out, md);
