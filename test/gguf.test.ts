@@ -356,8 +356,10 @@ test('writer: a half-RoPE source gets its q/k rows permuted back to GGUF order',
   }
 });
 
-test('Q4_0 and IQ4_NL files we write: quantized layers as written, and llama.cpp\'s greedy tokens in our engine', async () => {
+test('Q4_0 and IQ4_NL files we write: quantized layers as written, and llama.cpp\'s greedy tokens in our engine', async (t) => {
   const ref = createRefBackend();
+  const wasm = await createBackend('wasm', { threads: 1 });
+  t.after(() => wasm.dispose());
   for (const [type, ggml] of [['q4_0', 'Q4_0'], ['iq4_nl', 'IQ4_NL']] as const) {
     const file = join(tmp, `s-${type}.gguf`);
     if (!existsSync(file)) {
@@ -378,11 +380,17 @@ test('Q4_0 and IQ4_NL files we write: quantized layers as written, and llama.cpp
     // layers: Q4_0 agrees for all 200 tokens. IQ4_NL agrees for 16; at token 17 the top two candidates
     // are within 1.5% in both engines (llama.cpp: " m" 0.3169 vs "an" 0.3124; ours: 0.3186 vs 0.3115,
     // the other way round), and the 8-bit activation rounding decides. See README.
-    const out = await greedy(file, ref, [1, 403, 407, 261, 378], 200);
     const want = LLAMA_CPP_GREEDY[ggml];
-    let agree = 0;
-    while (agree < 200 && out[agree] === want[agree]) agree++;
-    assert.equal(agree, type === 'q4_0' ? 200 : 16, `${type}: tokens agreeing with llama.cpp`);
+    const agreeing = (out: number[]) => {
+      let n = 0;
+      while (n < 200 && out[n] === want[n]) n++;
+      return n;
+    };
+    assert.equal(agreeing(await greedy(file, ref, [1, 403, 407, 261, 378], 200)), type === 'q4_0' ? 200 : 16, `${type}: tokens agreeing with llama.cpp`);
+    // The wasm backend's default int8 activations round differently from llama.cpp's Q8_0 blocks, yet
+    // reach the same tie (measured on x64 V8: Q4_0 all 200, IQ4_NL 16); at least 16 on any engine.
+    const wasmAgree = agreeing(await greedy(file, wasm, [1, 403, 407, 261, 378], 200));
+    assert.ok(wasmAgree >= 16, `${type} on ${wasm.info().variant}: ${wasmAgree} tokens agreeing with llama.cpp`);
   }
 });
 
