@@ -43,12 +43,13 @@ interface PreparedLayer {
   readonly bv?: Float32Array; // [kvDim]
 }
 
+const NO_LOGITS = new Float32Array(0);
+
 /** Exact-length views of the matmul inputs for a chunk of m rows: backends require x.length == m*K. */
 interface ChunkViews {
   readonly xb: Float32Array; // [m, dim]
   readonly att: Float32Array; // [m, qDim]
   readonly hb: Float32Array; // [m, hiddenDim]
-  readonly logits: Float32Array; // [m, vocab]
 }
 
 /** Scratch and KV cache (run.c RunState); sized for `maxBatch` rows and `seqLen` positions. */
@@ -68,7 +69,10 @@ class RunState {
   readonly ops: CpuOps | null; // SIMD SwiGLU and attention over the memory holding the buffers they read
   readonly opsAttention: CpuOps | null; // ops, where headDim suits the SIMD attention (a multiple of 4)
   readonly attScratch: Float32Array; // the SIMD attention's scratch: a group of heads' scores and sums
-  readonly logits: Float32Array; // [B, vocab]
+  // [vocab] until a caller asks for every row's logits (perplexity): then [B, vocab] (31 MiB at B = 64
+  // for a 128K vocabulary, which generation never needs)
+  private logits: Float32Array;
+  private logitsRow: Float32Array; // logits[0, vocab)
   // [nLayers, nKvHeads, seqLen, headDim]: a head's positions are contiguous, so attention streams them
   readonly keyCache: Float32Array;
   readonly valueCache: Float32Array;
@@ -95,7 +99,7 @@ class RunState {
     this.stacked = new Float32Array(batch * Math.max(qDim + 2 * kvDim, 2 * c.hiddenDim));
     this.scores = new Float64Array(seqLen);
     this.headAcc = new Float64Array(c.headDim);
-    this.logits = new Float32Array(batch * c.vocabSize);
+    this.logits = this.logitsRow = new Float32Array(c.vocabSize);
     ({ cos: this.ropeCos, sin: this.ropeSin } = ropeTables(c, seqLen));
   }
 
@@ -104,8 +108,16 @@ class RunState {
       xb: this.xb.subarray(0, m * c.dim),
       att: this.att.subarray(0, m * c.nHeads * c.headDim),
       hb: this.hb.subarray(0, m * c.hiddenDim),
-      logits: this.logits.subarray(0, m * c.vocabSize),
     });
+  }
+
+  /** The logits buffer for m rows [m, vocab], grown on first need (m <= B); one row is a cached view. */
+  logitsFor(m: number, vocab: number): Float32Array {
+    if (this.logits.length < m * vocab) {
+      this.logits = new Float32Array(m * vocab);
+      this.logitsRow = this.logits.subarray(0, vocab);
+    }
+    return m === 1 ? this.logitsRow : this.logits.subarray(0, m * vocab);
   }
 }
 
@@ -279,14 +291,14 @@ export class LlamaModel {
     this.cached = pos0 + m;
 
     // Final RMSNorm (model.norm) and classifier (lm_head): all rows, or only the last into row 0
-    if (logits === 'none') return v.logits; // not computed: a middle chunk's logits are not wanted
+    if (logits === 'none') return NO_LOGITS; // a middle chunk's logits are not wanted
     if (logits === 'all') {
       rmsnorm(s.xb, s.x, this.finalNorm, m, dim, c.normEps);
-      return this.backend.matmul(this.output, v.xb, m, v.logits, mm);
+      return this.backend.matmul(this.output, v.xb, m, s.logitsFor(m, c.vocabSize), mm);
     }
     rmsnorm(s.xb, s.x, this.finalNorm, 1, dim, c.normEps, m - 1);
     const one = s.viewsFor(1, c);
-    return this.backend.matmul(this.output, one.xb, 1, one.logits, mm);
+    return this.backend.matmul(this.output, one.xb, 1, s.logitsFor(1, c.vocabSize), mm);
   }
 
   /** outs[j][i, :] = x[i, :] W_j^T (widths[j] columns each) for the m rows of x, from stacked or separate projections. */
