@@ -19,11 +19,15 @@ import { repoFile } from './hf-fixtures.js';
 const MODEL = repoFile('models/stories260K/stories260K.bin');
 const isResource = (re: RegExp) => (e: unknown) => e instanceof FluteError && e.code === 'E_RESOURCE' && re.test(e.message);
 
-/** Bytes of every distinct typed array reachable from `v` (a tied embedding counts once). */
-function heldBytes(v: unknown, seen = new Set<ArrayBufferLike>()): number {
+/**
+ * Bytes of every distinct typed array reachable from `v`: a view seen twice (a tied embedding) counts
+ * once, and views sharing a buffer (loadLlamaWeights' slabs) each count.
+ */
+function heldBytes(v: unknown, seen = new Map<ArrayBufferLike, Set<number>>()): number {
   if (ArrayBuffer.isView(v)) {
-    if (seen.has(v.buffer)) return 0;
-    seen.add(v.buffer);
+    const at = seen.get(v.buffer) ?? seen.set(v.buffer, new Set()).get(v.buffer)!;
+    if (at.has(v.byteOffset)) return 0;
+    at.add(v.byteOffset);
     return v.byteLength;
   }
   if (v && typeof v === 'object') return Object.values(v).reduce((a: number, x) => a + heldBytes(x, seen), 0);
