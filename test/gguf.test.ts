@@ -495,6 +495,19 @@ test('a tied GGUF with an IQ4_NL token_embd: one quantized table is both embeddi
     assert.deepEqual(quantizedEmb.forward(prompt, 0, { allLogits: true }), f32Emb.forward(prompt, 0, { allLogits: true }));
     quantizedEmb.dispose();
     f32Emb.dispose();
+    // on wasm the model reads the rows back from the backend's copy of the output layer (readRow), and
+    // holds no JS copy of the table: again the logits of the f32 embedding, bit for bit
+    const wasm = await createBackend('wasm', { threads: 1 });
+    try {
+      const shared = new LlamaModel(c, w, wasm);
+      const own = new LlamaModel(c, { ...w, tokenEmbedding: f32 }, wasm);
+      assert.equal((shared as unknown as { tokenEmbedding: unknown }).tokenEmbedding, null, 'no JS copy of the embedding');
+      assert.deepEqual(shared.forward(prompt, 0, { allLogits: true }), own.forward(prompt, 0, { allLogits: true }).slice());
+      shared.dispose();
+      own.dispose();
+    } finally {
+      wasm.dispose();
+    }
   } finally {
     await m.close();
   }

@@ -5,7 +5,7 @@
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { FluteError } from '../src/errors.js';
-import { dequantize, groupsPerRow, type DenseLinear, type Linear, type QuantizedLinear } from '../src/quant/linear.js';
+import { dequantize, dequantizeRow, groupsPerRow, type DenseLinear, type Linear, type QuantizedLinear } from '../src/quant/linear.js';
 import { packIndices } from '../src/quant/packing.js';
 import { buildTable } from '../src/quant/tables.js';
 import { quantizeRtn } from '../src/quant/rtn.js';
@@ -554,6 +554,32 @@ test('wasm memory: layers too big for the cap are refused up front; release reus
     small.dispose();
   }
   assert.throws(() => small.prepare(randomLayer(rng(1), 4, 4, 32, 32, 'nf')), isCode('E_BACKEND'));
+});
+
+test('readRow: every row of a prepared layer as dequantizeRow gives it, bit for bit (lut 1-4 bits, generic, dense; ragged groups, partial row quads)', () => {
+  const r = rng(41);
+  const layers: Linear[] = [];
+  for (const [bits, n, k, g] of [[4, 9, 96, 32], [3, 6, 200, 64], [2, 5, 111, 37], [1, 7, 64, 32], [4, 3, 33, 20], [5, 6, 70, 32], [8, 4, 40, 16], [4, 5, 48, 8]] as const) {
+    layers.push(randomLayer(r, bits, n, k, g, (['nf', 'random', 'int'] as const)[bits % 3]));
+  }
+  layers.push({ kind: 'dense', n: 7, k: 13, weight: randn(r, 7 * 13) });
+  for (const be of [...backends.map((b) => b.be), ref]) {
+    for (const layer of layers) {
+      const p = be.prepare(layer);
+      const id = `${be.name}: ${layer.kind === 'dense' ? 'dense' : `b=${layer.bits},g=${layer.groupSize}`} [${layer.n}, ${layer.k}]`;
+      const got = new Float32Array(layer.k + 3);
+      const want = new Float32Array(layer.k);
+      for (let row = 0; row < layer.n; row++) {
+        if (layer.kind === 'dense') want.set(layer.weight.subarray(row * layer.k, (row + 1) * layer.k));
+        else dequantizeRow(layer, row, want);
+        be.readRow!(p, row, got, 3); // at an offset: the values land at [3, 3 + K)
+        assert.deepEqual(got.subarray(3), want, `${id}: row ${row}`);
+      }
+      assert.throws(() => be.readRow!(p, layer.n, got), isCode('E_SHAPE'), `${id}: a row past the end`);
+      be.release(p);
+      if (be.name === 'wasm') assert.throws(() => be.readRow!(p, 0, got), isCode('E_BACKEND'), `${id}: a released layer`);
+    }
+  }
 });
 
 test('wasm threads: larger GEMV/GEMM results do not depend on the thread count', () => {

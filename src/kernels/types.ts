@@ -46,6 +46,12 @@ export interface KernelBackend {
    * returns it. Throws E_SHAPE when x is not M*K long.
    */
   matmul(layer: PreparedLinear, x: Float32Array, m: number, out?: Float32Array, opts?: MatmulOptions): Float32Array;
+  /**
+   * Row `row` of a prepared layer's weights [K] into out at `at`, as quant/linear.ts dequantizeRow gives
+   * it (the f32 rule; a dense layer's row as it is). Optional: a backend whose layers JS can read
+   * offers it, so that a model whose embedding is its own quantized output layer keeps no JS copy.
+   */
+  readRow?(layer: PreparedLinear, row: number, out: Float32Array, at?: number): void;
   /** Frees what prepare() allocated outside the JS heap (wasm memory, GPU buffers). */
   release(layer: PreparedLinear): void;
   /** Frees the backend itself (workers, devices). */

@@ -126,7 +126,8 @@ export class LlamaModel {
   readonly seqLen: number; // usable context: min(config.seqLen, options.seqLen)
   private readonly layers: PreparedLayer[];
   private readonly output: PreparedLinear; // [vocab, dim]
-  private readonly tokenEmbedding: EmbeddingTable; // [vocab, dim]
+  // [vocab, dim]; null when the rows come from the backend's copy of the output layer (readRow)
+  private readonly tokenEmbedding: EmbeddingTable | null;
   private readonly finalNorm: Float32Array; // [dim]
   private readonly state: RunState;
   private readonly mmOpts: MatmulOptions;
@@ -173,7 +174,9 @@ export class LlamaModel {
       this.dispose(); // release what was prepared before the failure
       throw e;
     }
-    this.tokenEmbedding = weights.tokenEmbedding;
+    // An embedding that is the quantized output layer's own table (a tied GGUF) is read back from the
+    // backend's prepared copy where the backend can, so the model holds no second, JS copy of it.
+    this.tokenEmbedding = weights.tokenEmbedding === weights.output && backend.readRow ? null : weights.tokenEmbedding;
     this.finalNorm = weights.finalNorm;
     this.state = new RunState(config, this.maxBatch, seqLen);
   }
@@ -232,7 +235,10 @@ export class LlamaModel {
     const seqLen = this.seqLen;
 
     // Token embedding (model.embed_tokens): x[i] = E[token_i]
-    for (let i = 0; i < m; i++) embeddingRow(this.tokenEmbedding, dim, tokens[off + i], s.x, i * dim);
+    for (let i = 0; i < m; i++) {
+      if (this.tokenEmbedding) embeddingRow(this.tokenEmbedding, dim, tokens[off + i], s.x, i * dim);
+      else this.backend.readRow!(this.output, tokens[off + i], s.x, i * dim);
+    }
 
     for (let l = 0; l < c.nLayers; l++) {
       const L = this.layers[l];

@@ -81,6 +81,7 @@ import {
   packForWasm,
   padRows,
   paddedK,
+  readLutRow,
   roundUp,
   type ActGeometry,
   type LutLayout,
@@ -203,6 +204,7 @@ export function wasmCapabilities(): Promise<WasmCapabilities> {
 interface WasmLayerData {
   readonly layout: 'lut' | 'generic' | 'dense';
   readonly lut?: Omit<LutLayout, 'indices' | 'scales' | 'planes'>;
+  readonly values?: Float32Array; // lut: the f32 table, padded to 16 (readRow)
   readonly generic?: { readonly groupSize: number; readonly groups: number };
   readonly w: number; // weights (indices / f32) in wasm memory
   readonly s: number; // scales (0 for dense)
@@ -419,7 +421,7 @@ class WasmBackend implements WasmKernelBackend {
         const { indices: _i, scales: _s, planes: _p, ...lut } = lay;
         const cb = (c: { scale: number; relError: number }) => ({ scale: c.scale, relError: c.relError });
         data = {
-          layout: 'lut', lut, w, s, table,
+          layout: 'lut', lut, w, s, table, values: Float32Array.from({ length: 16 }, (_, e) => (layer.kind === 'quantized' ? layer.table[e] ?? 0 : 0)),
           codebooks: { relaxed7: cb(lay.relaxedCodebook), relaxed8: cb(lay.relaxed8Codebook), simd: cb(lay.simdCodebook) },
           affineOffset: affineOffset(lay.relaxedCodebook.codes, lay.bits),
           released: false,
@@ -430,6 +432,32 @@ class WasmBackend implements WasmKernelBackend {
     } catch (e) {
       for (const p of allocs) heap.release(p);
       throw e;
+    }
+  }
+
+  /** Row `row` of a prepared layer's weights from this backend's memory, by dequantizeRow's f32 rule. */
+  readRow(layer: PreparedLinear, row: number, out: Float32Array, at = 0): void {
+    this.alive();
+    if (layer.backend !== 'wasm') throw new FluteError('E_BACKEND', 'wasm readRow: the layer was prepared by another backend');
+    const data = layer.data as WasmLayerData;
+    if (data.released) throw new FluteError('E_BACKEND', 'wasm readRow: the layer was released');
+    const { n, k } = layer;
+    if (!Number.isInteger(row) || row < 0 || row >= n) throw new FluteError('E_SHAPE', `wasm readRow: expected a row in 0..${n - 1}, got ${row}`);
+    if (!(at >= 0 && at + k <= out.length)) throw new FluteError('E_SHAPE', `wasm readRow: ${k} values at ${at} do not fit an output of ${out.length}`);
+    const heap = this.core.heap;
+    if (data.layout === 'dense') {
+      const kp = roundUp(k, 4);
+      const w = heap.f32(data.w + (row >> 2) * kp * QUAD * 4, kp * QUAD);
+      for (let c = 0; c < k; c++) out[at + c] = w[c * QUAD + (row & 3)];
+    } else if (data.layout === 'generic') {
+      const { groupSize: g, groups } = data.generic!;
+      const idx = heap.u8.subarray(data.w + row * k, data.w + (row + 1) * k);
+      const s = heap.f32(data.s + row * groups * 4, groups);
+      const t = heap.f32(data.table, 256);
+      for (let c = 0; c < k; c++) out[at + c] = Math.fround(t[idx[c]] * s[Math.floor(c / g)]) + 0;
+    } else {
+      const lut = data.lut!;
+      readLutRow(lut, heap.u8.subarray(data.w, data.w + lut.nq * lut.quadBytes), heap.f32(data.s, lut.nq * lut.groups * QUAD), data.values!, row, out, at);
     }
   }
 

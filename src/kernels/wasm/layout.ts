@@ -304,6 +304,38 @@ function packChunk(iv: Uint8Array, layoutBits: 2 | 3 | 4, out: Uint8Array, o: nu
   }
 }
 
+/**
+ * Row `row` of a lut layer back from its layout (the inverse of packLut for one row): indices from
+ * the chunks of the row's quad, times the row's scale per group, by dequantizeRow's f32 rule.
+ * `indices` and `scales` are the layout's arrays (or views of them in wasm memory).
+ */
+export function readLutRow(
+  lay: Pick<LutLayout, 'k' | 'layoutBits' | 'groupSize' | 'paddedGroup' | 'groups' | 'quadBytes'>,
+  indices: Uint8Array, scales: Float32Array, table: Float32Array, row: number, out: Float32Array, at = 0,
+): void {
+  const { k, layoutBits: lb, groupSize: g, groups: G, quadBytes } = lay;
+  const cpg = lay.paddedGroup / CHUNK;
+  const cb = chunkBytes(lb);
+  const q = row >> 2;
+  const r = row & 3;
+  for (let gi = 0; gi < G; gi++) {
+    const s = scales[(q * G + gi) * QUAD + r];
+    const glen = Math.min(g, k - gi * g);
+    for (let kk = 0; kk < glen; kk++) {
+      const o = q * quadBytes + (gi * cpg + (kk >> 5)) * cb; // the chunk holding kk
+      const j = (kk & 31) >> 2; // index vector
+      const i = 4 * r + (kk & 3); // byte within it
+      let idx: number;
+      if (lb === 4) idx = (indices[o + (j >> 1) * 16 + i] >> (4 * (j & 1))) & 15;
+      else {
+        idx = (indices[o + (j >> 2) * 16 + i] >> (2 * (j & 3))) & 3;
+        if (lb === 3) idx |= ((indices[o + 32 + i] >> j) & 1) << 2;
+      }
+      out[at + gi * g + kk] = Math.fround(table[idx] * s) + 0; // + 0: -0 to +0, as dequantizeRow
+    }
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Activations, per matmul
 
