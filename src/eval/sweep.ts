@@ -327,15 +327,14 @@ export function renderQualityMarkdown(result: SweepResult, info: QualityReportIn
     out.push('');
     // The acceptance checks of the NFL work, computed from the rows.
     const checks: string[] = [];
-    const fp = fpRow(inDomain)?.perplexity;
     for (const b of [3, 2]) {
       const c = gapClosedWithError(rows, b, headlineG, inDomain);
       if (c !== undefined) checks.push(`- NFL closes at least half of NF RTN's gap to fp32 at ${b} bits, g = ${headlineG}, on ${inDomain}: ${(c.value * 100).toFixed(1)}% closed${pm(c.stdErr, 100, 1, ' points')}, **${c.value >= 0.5 ? 'met' : 'not met'}**.`);
     }
     const fpIn = fpRow(inDomain);
     const nfl4 = find(rows, 'nfl', 4, headlineG, inDomain);
-    if (fp !== undefined && fpIn && nfl4) {
-      const rel = nfl4.perplexity / fp - 1;
+    if (fpIn && nfl4) {
+      const rel = nfl4.perplexity / fpIn.perplexity - 1;
       const se = bootstrapStdErr([fpIn, nfl4], ([f, l]) => l / f - 1);
       checks.push(`- NFL at 4 bits, g = ${headlineG}, within 2% of fp32 on ${inDomain}: ${Math.abs(rel * 100).toFixed(2)}% ${rel >= 0 ? 'above' : 'below'} fp32${pm(se, 100, 2, '%')}, **${rel <= 0.02 ? 'met' : 'not met'}**.`);
     }
