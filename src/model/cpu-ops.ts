@@ -327,7 +327,7 @@ export class CpuOps {
 
 /** Floats CpuOps.attention's scratch needs: per head of a group, count scores and a pad, then its sums. */
 export function attentionScratchFloats(count: number, group: number): number {
-  return group * (Math.ceil((count + 4) / 4) * 4) + group;
+  return group * paddedFloats(count) + group;
 }
 
 /** n rounded up to a multiple of 4, plus 4: room for a SIMD tail and the -inf pad of the scores. */
