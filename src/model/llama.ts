@@ -348,8 +348,8 @@ export class LlamaModel {
 
 // ---------------------------------------------------------------- helpers
 
-/** x[i, j] += b[j] for m rows of b.length values. */
-function addBias(x: Float32Array, b: Float32Array, m: number): void {
+/** x[i, j] += b[j] for m rows of b.length values (f32 here, f64 in the training pass). */
+export function addBias<T extends Float32Array | Float64Array>(x: T, b: T, m: number): void {
   const n = b.length;
   for (let i = 0; i < m; i++) for (let j = 0; j < n; j++) x[i * n + j] += b[j];
 }

@@ -376,9 +376,3 @@ export function crossEntropyBackward(dlogits: F64, probs: F64, targets: ArrayLik
 export function addInPlace(a: F64, b: F64, n: number): void {
   for (let i = 0; i < n; i++) a[i] += b[i];
 }
-
-/** x[t, :] += b for t < T (x [T, b.length]). */
-export function addRowBias(x: F64, b: F64, T: number): void {
-  const n = b.length;
-  for (let t = 0; t < T; t++) for (let j = 0; j < n; j++) x[t * n + j] += b[j];
-}

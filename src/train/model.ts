@@ -5,10 +5,11 @@
 
 import { FluteError } from '../errors.js';
 import type { LlamaConfig } from '../model/config.js';
+import { addBias } from '../model/llama.js';
 import { LINEAR_KEYS, embeddingF32, type LlamaWeights } from '../model/weights.js';
 import { dequantize, type Linear } from '../quant/linear.js';
 import {
-  addInPlace, addRowBias, attentionBackward, attentionForward, crossEntropyBackward, crossEntropyForward, encoderBackward, encoderForward,
+  addInPlace, attentionBackward, attentionForward, crossEntropyBackward, crossEntropyForward, encoderBackward, encoderForward,
   matmulBackward, matmulForward, rmsnormBackward, rmsnormForward, ropeBackward, ropeForward, ropeTables, swigluBackward, swigluForward,
   type AttentionShape, type F64, type RopeTables,
 } from './layers.js';
@@ -199,9 +200,9 @@ export class TrainingLlama {
       matmulForward(a.v, a.xb1, L.wv, T, dim, kvDim);
       if (c.qkvBias) {
         if (!L.bq || !L.bk || !L.bv) throw new FluteError('E_NOT_FOUND', `training forward: layer ${l}: config.qkvBias is set but the q/k/v biases are missing`);
-        addRowBias(a.q, L.bq, T);
-        addRowBias(a.k, L.bk, T);
-        addRowBias(a.v, L.bv, T);
+        addBias(a.q, L.bq, T);
+        addBias(a.k, L.bk, T);
+        addBias(a.v, L.bv, T);
       }
       ropeForward(a.q, T, nHeads, headDim, interleaved, this.rope);
       ropeForward(a.k, T, nKvHeads, headDim, interleaved, this.rope);
