@@ -97,14 +97,18 @@ export function dequantizeRow(q: QuantizedLinear, r: number, out: Float32Array, 
   dequantizeRowWith(q, q.table, 'f32', r, out, at);
 }
 
+/** One weight by the f32 rule: fl(t * s), with `+ 0` folding -0 to +0 (a zero entry times a negative scale) so zeros compare bit for bit. */
+export function dequantValue(t: number, s: number): number {
+  return Math.fround(t * s) + 0;
+}
+
 function dequantizeRowWith(q: QuantizedLinear, table: Float32Array, computeType: ComputeType, r: number, out: Float32Array, at: number): void {
   const rowBytes = packedRowBytes(q.k, q.bits);
   const groups = groupsPerRow(q.k, q.groupSize);
   for (let c = 0; c < q.k; c++) {
     const s = q.scales[r * groups + Math.floor(c / q.groupSize)];
     const t = table[indexAt(q.packed, rowBytes, q.bits, r, c)];
-    // `+ 0` folds -0 to +0 (a zero table entry times a negative scale) so dequantized zeros compare bit for bit.
-    out[at + c] = (computeType === 'f16' ? roundToF16(t * roundToF16(s)) : Math.fround(t * s)) + 0;
+    out[at + c] = computeType === 'f16' ? roundToF16(t * roundToF16(s)) + 0 : dequantValue(t, s);
   }
 }
 

@@ -2,9 +2,8 @@
 // the canonical layout, no restructuring, accumulation in f64 so its own rounding error is negligible
 // next to any fast kernel's: y[m, n] = sum_k x[m, k] * W[n, k], W from quant/linear.ts `dequantize`.
 
-import { FluteError } from '../../errors.js';
 import { dequantize, dequantizeRow, type Linear } from '../../quant/linear.js';
-import { checkMatmulArgs } from '../check.js';
+import { checkMatmulArgs, checkReadRowArgs } from '../check.js';
 import type { KernelBackend, MatmulOptions, PreparedLinear } from '../types.js';
 
 interface RefData {
@@ -50,12 +49,10 @@ export function createRefBackend(): KernelBackend {
       return y;
     },
     readRow(layer, row, out, at = 0) {
+      checkReadRowArgs('ref', layer, row, out, at);
       const src = (layer.data as RefData).source;
       if (src.kind === 'quantized') dequantizeRow(src, row, out, at);
-      else {
-        if (!Number.isInteger(row) || row < 0 || row >= src.n) throw new FluteError('E_SHAPE', `ref readRow: expected a row in 0..${src.n - 1}, got ${row}`);
-        out.set(src.weight.subarray(row * src.k, (row + 1) * src.k), at);
-      }
+      else out.set(src.weight.subarray(row * src.k, (row + 1) * src.k), at);
     },
     release(layer) {
       (layer.data as RefData).weights.clear();

@@ -67,9 +67,9 @@
 // rounding, e.g. to pin greedy text against the reference backend.
 
 import { FluteError, checkOption, checkOptionKeys } from '../../errors.js';
-import { dequantize, validateQuantizedLinear, type Linear, type QuantizedLinear } from '../../quant/linear.js';
+import { dequantValue, dequantize, validateQuantizedLinear, type Linear, type QuantizedLinear } from '../../quant/linear.js';
 import { IQ4NL_VALUES } from '../../quant/tables.js';
-import { checkMatmulArgs } from '../check.js';
+import { checkMatmulArgs, checkReadRowArgs } from '../check.js';
 import type { BackendInfo, KernelBackend, MatmulOptions, PreparedLinear } from '../types.js';
 import { FuncBuilder, ModuleBuilder, S } from './encoder.js';
 import { FN, J, JOB_ADDR, JOB_WORDS, MT, buildKernelModule, intKernelId, type KernelVariant } from './codegen.js';
@@ -204,7 +204,6 @@ export function wasmCapabilities(): Promise<WasmCapabilities> {
 interface WasmLayerData {
   readonly layout: 'lut' | 'generic' | 'dense';
   readonly lut?: Omit<LutLayout, 'indices' | 'scales' | 'planes'>;
-  readonly values?: Float32Array; // lut: the f32 table, padded to 16 (readRow)
   readonly generic?: { readonly groupSize: number; readonly groups: number };
   readonly w: number; // weights (indices / f32) in wasm memory
   readonly s: number; // scales (0 for dense)
@@ -421,7 +420,7 @@ class WasmBackend implements WasmKernelBackend {
         const { indices: _i, scales: _s, planes: _p, ...lut } = lay;
         const cb = (c: { scale: number; relError: number }) => ({ scale: c.scale, relError: c.relError });
         data = {
-          layout: 'lut', lut, w, s, table, values: Float32Array.from({ length: 16 }, (_, e) => (layer.kind === 'quantized' ? layer.table[e] ?? 0 : 0)),
+          layout: 'lut', lut, w, s, table,
           codebooks: { relaxed7: cb(lay.relaxedCodebook), relaxed8: cb(lay.relaxed8Codebook), simd: cb(lay.simdCodebook) },
           affineOffset: affineOffset(lay.relaxedCodebook.codes, lay.bits),
           released: false,
@@ -438,12 +437,10 @@ class WasmBackend implements WasmKernelBackend {
   /** Row `row` of a prepared layer's weights from this backend's memory, by dequantizeRow's f32 rule. */
   readRow(layer: PreparedLinear, row: number, out: Float32Array, at = 0): void {
     this.alive();
-    if (layer.backend !== 'wasm') throw new FluteError('E_BACKEND', 'wasm readRow: the layer was prepared by another backend');
+    checkReadRowArgs('wasm', layer, row, out, at);
     const data = layer.data as WasmLayerData;
     if (data.released) throw new FluteError('E_BACKEND', 'wasm readRow: the layer was released');
-    const { n, k } = layer;
-    if (!Number.isInteger(row) || row < 0 || row >= n) throw new FluteError('E_SHAPE', `wasm readRow: expected a row in 0..${n - 1}, got ${row}`);
-    if (!(at >= 0 && at + k <= out.length)) throw new FluteError('E_SHAPE', `wasm readRow: ${k} values at ${at} do not fit an output of ${out.length}`);
+    const { k } = layer;
     const heap = this.core.heap;
     if (data.layout === 'dense') {
       const kp = roundUp(k, 4);
@@ -454,10 +451,10 @@ class WasmBackend implements WasmKernelBackend {
       const idx = heap.u8.subarray(data.w + row * k, data.w + (row + 1) * k);
       const s = heap.f32(data.s + row * groups * 4, groups);
       const t = heap.f32(data.table, 256);
-      for (let c = 0; c < k; c++) out[at + c] = Math.fround(t[idx[c]] * s[Math.floor(c / g)]) + 0;
+      for (let c = 0; c < k; c++) out[at + c] = dequantValue(t[idx[c]], s[Math.floor(c / g)]);
     } else {
       const lut = data.lut!;
-      readLutRow(lut, heap.u8.subarray(data.w, data.w + lut.nq * lut.quadBytes), heap.f32(data.s, lut.nq * lut.groups * QUAD), data.values!, row, out, at);
+      readLutRow(lut, heap.u8.subarray(data.w, data.w + lut.nq * lut.quadBytes), heap.f32(data.s, lut.nq * lut.groups * QUAD), row, out, at);
     }
   }
 

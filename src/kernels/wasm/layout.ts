@@ -19,7 +19,7 @@
 // planes (exact path, `pshufb`-style f32 gather) and as 16-byte integer codebooks (int8 paths).
 
 import { FluteError } from '../../errors.js';
-import { groupsPerRow, type DenseLinear, type Linear, type QuantizedLinear } from '../../quant/linear.js';
+import { dequantValue, groupsPerRow, type DenseLinear, type Linear, type QuantizedLinear } from '../../quant/linear.js';
 import { packedRowBytes, unpackIndices } from '../../quant/packing.js';
 
 export const QUAD = 4; // rows per quad (one per f32x4 / i32x4 lane)
@@ -132,6 +132,7 @@ export interface LutLayout {
   readonly quadBytes: number; // index bytes per row quad = G * gp/32 * chunkBytes
   readonly indices: Uint8Array; // [nq][G][gp/32][chunkBytes]
   readonly scales: Float32Array; // [nq][G][4]
+  readonly table: Float32Array; // [16] the f32 table, zero-padded (readLutRow)
   readonly planes: Uint8Array; // [4][16] byte p of the f32 table entry e at p*16+e
   readonly relaxedCodebook: Codebook; // codes in [-64, 63]
   readonly simdCodebook: Codebook; // codes in [-127, 127]
@@ -275,6 +276,7 @@ function packLut(layer: QuantizedLinear): LutLayout {
     quadBytes,
     indices,
     scales,
+    table: table16,
     planes,
     relaxedCodebook: buildCodebook(table16, RELAXED_CODE_RANGE[0], RELAXED_CODE_RANGE[1]),
     simdCodebook: buildCodebook(table16, SIMD_CODE_RANGE[0], SIMD_CODE_RANGE[1]),
@@ -310,10 +312,10 @@ function packChunk(iv: Uint8Array, layoutBits: 2 | 3 | 4, out: Uint8Array, o: nu
  * `indices` and `scales` are the layout's arrays (or views of them in wasm memory).
  */
 export function readLutRow(
-  lay: Pick<LutLayout, 'k' | 'layoutBits' | 'groupSize' | 'paddedGroup' | 'groups' | 'quadBytes'>,
-  indices: Uint8Array, scales: Float32Array, table: Float32Array, row: number, out: Float32Array, at = 0,
+  lay: Pick<LutLayout, 'k' | 'layoutBits' | 'groupSize' | 'paddedGroup' | 'groups' | 'quadBytes' | 'table'>,
+  indices: Uint8Array, scales: Float32Array, row: number, out: Float32Array, at = 0,
 ): void {
-  const { k, layoutBits: lb, groupSize: g, groups: G, quadBytes } = lay;
+  const { k, layoutBits: lb, groupSize: g, groups: G, quadBytes, table } = lay;
   const cpg = lay.paddedGroup / CHUNK;
   const cb = chunkBytes(lb);
   const q = row >> 2;
@@ -331,7 +333,7 @@ export function readLutRow(
         idx = (indices[o + (j >> 2) * 16 + i] >> (2 * (j & 3))) & 3;
         if (lb === 3) idx |= ((indices[o + 32 + i] >> j) & 1) << 2;
       }
-      out[at + gi * g + kk] = Math.fround(table[idx] * s) + 0; // + 0: -0 to +0, as dequantizeRow
+      out[at + gi * g + kk] = dequantValue(table[idx], s);
     }
   }
 }
