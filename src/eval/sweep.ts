@@ -31,7 +31,7 @@ export const HEADLINE_GROUP = 32;
  * Windows scored per text by default, spread evenly over it. The start of the TinyStories excerpt is
  * easier than the rest (fp32 4.12 on its first 40 windows, 5.41 on all 1210 of the evaluation part),
  * so the windows must come from the whole text; 600 of 256 tokens put one standard error of the 3-bit
- * check near half a point (QUALITY.md prints it) at ~15 ms a window on this model.
+ * check at 0.7 points (QUALITY.md prints it; 2.5 with 40 windows) at ~15 ms a window on this model.
  */
 export const SWEEP_WINDOWS = 600;
 

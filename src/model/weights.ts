@@ -126,7 +126,8 @@ export async function loadLlamaWeights(
   quantized?: (name: string) => Linear | undefined | Promise<Linear | undefined>,
 ): Promise<LlamaWeights> {
   const tensors = new Map<string, Float32Array | Linear>();
-  // the shared table lives as long as the model: it stays where the reader put it
+  // read first, so never slabbed (TensorSlabs skips the first 64 MiB): a model that keeps it as its
+  // embedding (a backend without readRow) keeps it as the reader made it
   const tiedQuantized = config.tiedEmbeddings ? await quantized?.('lm_head.weight') : undefined;
   const shareEmbedding = embeddingIsQuantizedOutput(config, reader, tiedQuantized?.kind === 'quantized');
   const slabs = new TensorSlabs();
