@@ -174,8 +174,8 @@ export async function loadLlamaWeights(
  * own memory and the caller then drops these. glibc's malloc serves the 64 MiB buffers with mmap and
  * unmaps them when freed, while tensor-sized buffers come from its heap once freeing an mmapped one
  * has raised the dynamic mmap threshold (up to 32 MiB), and that heap stays with the process: a
- * 1B-shape IQ4_NL model measured 1707-1721 MiB RSS after loading without slabs, 1128-1253 with them
- * (Node 20, wasm, 1 thread). Tensors of 32 MiB and more are mmapped as they are and are left alone,
+ * 1B-shape IQ4_NL model measured 1656-1661 MiB RSS after loading without slabs, 1130-1136 with them
+ * (Node 20, wasm, 1 thread, three loads each). Tensors of 32 MiB and more are mmapped as they are and are left alone,
  * and so are the first 64 MiB of tensors: a slab is made only once that much has been read, so a small
  * file never costs a 64 MiB buffer, and a slab never exceeds the tensor bytes already read.
  */
