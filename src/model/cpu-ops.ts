@@ -43,32 +43,75 @@ export function attentionJs(
   }
 }
 
+/** emitExp's constants, each an f32x4 (or i32x4) local set once before a function's loops. */
+interface ExpConstants {
+  readonly splat: (v: number) => void;
+  readonly splatI32: (v: number) => void;
+}
+
+const EXP_F32 = [
+  -104, 89, Math.LOG2E, 0.693359375, -2.12194440e-4,
+  1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1,
+  1, 12582912,
+];
+const EXP_I32 = [127, 0x4b400000];
+
+/**
+ * Sets one local per constant of emitExp. V8 rebuilds a splat of a constant at every use (a scalar
+ * move and a shuffle); a local is a register or, where the loop needs the registers, one load from
+ * the stack.
+ */
+function hoistExpConstants(f: FuncBuilder): ExpConstants {
+  const hoist = (values: number[], push: (v: number) => void) => {
+    const locals = new Map<number, number>();
+    for (const v of values) {
+      const l = f.local(V128);
+      push(v);
+      f.set(l);
+      locals.set(v, l);
+    }
+    return (v: number) => {
+      const l = locals.get(v);
+      if (l === undefined) throw new Error(`cpu-ops: ${v} is not one of exp's hoisted constants`);
+      f.get(l);
+    };
+  };
+  return {
+    splat: hoist(EXP_F32, (v) => f.f32(v).simd(S.f32x4_splat)),
+    splatI32: hoist(EXP_I32, (v) => f.i32(v).simd(S.i32x4_splat)),
+  };
+}
+
 /**
  * Pushes exp(x) (x: a v128 local of f32x4) with Cephes' expf scheme: k = round(x log2 e),
  * r = x - k ln2 (ln2 in two parts, k ln2_hi exact), degree-6 polynomial on |r| <= ln2/2, then
  * times 2^k as 2^(k>>1) 2^(k - (k>>1)) so that subnormal results round once and overflow gives inf.
- * x is first clamped to [-104, 89] (exp is 0 / inf in f32 beyond); min/max keep NaN.
+ * x is first clamped to [-104, 89] (exp is 0 / inf in f32 beyond) with pmax/pmin, x first, which
+ * keep a NaN x (one instruction each; V8 spends about seven on f32x4.min/max's NaN and -0 rules). k
+ * is an integer in [-151, 129], so k + 1.5 2^23 holds it in its low mantissa bits exactly: an add
+ * and an integer subtract instead of i32x4.trunc_sat's saturating sequence.
  */
-function emitExp(f: FuncBuilder, x: number, k: number, r: number, p: number, ki: number): void {
-  const splat = (v: number) => f.f32(v).simd(S.f32x4_splat);
-  f.get(x); splat(-104).simd(S.f32x4_max); splat(89).simd(S.f32x4_min).set(x);
-  f.get(x); splat(Math.LOG2E).simd(S.f32x4_mul).simd(S.f32x4_nearest).set(k);
-  f.get(x).get(k); splat(0.693359375).simd(S.f32x4_mul).simd(S.f32x4_sub);
-  f.get(k); splat(-2.12194440e-4).simd(S.f32x4_mul).simd(S.f32x4_sub).set(r);
-  const coef = [1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1];
-  splat(coef[0]);
-  for (let i = 1; i < coef.length; i++) {
+function emitExp(f: FuncBuilder, c: ExpConstants, x: number, k: number, r: number, p: number, ki: number): void {
+  const { splat, splatI32 } = c;
+  f.get(x); splat(-104); f.simd(S.f32x4_pmax); splat(89); f.simd(S.f32x4_pmin).set(x);
+  f.get(x); splat(Math.LOG2E); f.simd(S.f32x4_mul).simd(S.f32x4_nearest).set(k);
+  f.get(x).get(k); splat(0.693359375); f.simd(S.f32x4_mul).simd(S.f32x4_sub);
+  f.get(k); splat(-2.12194440e-4); f.simd(S.f32x4_mul).simd(S.f32x4_sub).set(r);
+  const coef = EXP_F32.slice(5, 11);
+  f.get(r); splat(coef[0]); f.simd(S.f32x4_mul);
+  splat(coef[1]); f.simd(S.f32x4_add);
+  for (let i = 2; i < coef.length; i++) {
     f.get(r).simd(S.f32x4_mul);
-    splat(coef[i]).simd(S.f32x4_add);
+    splat(coef[i]); f.simd(S.f32x4_add);
   }
   f.get(r).get(r).simd(S.f32x4_mul).simd(S.f32x4_mul).get(r).simd(S.f32x4_add);
-  splat(1).simd(S.f32x4_add).set(p);
+  splat(1); f.simd(S.f32x4_add).set(p);
   // 2^k1 and 2^k2 as f32 bit patterns (k1 = k >> 1, k2 = k - k1; both in [-75, 65])
-  f.get(k).simd(S.i32x4_trunc_sat_f32x4_s).set(ki);
+  f.get(k); splat(12582912); f.simd(S.f32x4_add); splatI32(0x4b400000); f.simd(S.i32x4_sub).set(ki);
   f.get(p);
-  f.get(ki).i32(1).simd(S.i32x4_shr_s).i32(127).simd(S.i32x4_splat).simd(S.i32x4_add).i32(23).simd(S.i32x4_shl);
+  f.get(ki).i32(1).simd(S.i32x4_shr_s); splatI32(127); f.simd(S.i32x4_add).i32(23).simd(S.i32x4_shl);
   f.simd(S.f32x4_mul);
-  f.get(ki).get(ki).i32(1).simd(S.i32x4_shr_s).simd(S.i32x4_sub).i32(127).simd(S.i32x4_splat).simd(S.i32x4_add).i32(23).simd(S.i32x4_shl);
+  f.get(ki).get(ki).i32(1).simd(S.i32x4_shr_s).simd(S.i32x4_sub); splatI32(127); f.simd(S.i32x4_add).i32(23).simd(S.i32x4_shl);
   f.simd(S.f32x4_mul);
 }
 
@@ -93,11 +136,12 @@ function buildModule(pages: number): Uint8Array<ArrayBuffer> {
     const [ptr, n] = [0, 1];
     const [i, end] = f.locals(I32, 2);
     const [x, k, r, p, ki] = f.locals(V128, 5);
+    const c = hoistExpConstants(f);
     f.get(ptr).get(n).i32(2).op(Op.i32_shl).op(Op.i32_add).set(end);
     f.forLoop(i, () => f.get(ptr), () => f.get(end), 16, () => {
       f.get(i).v128Load().set(x);
       f.get(i);
-      emitExp(f, x, k, r, p, ki);
+      emitExp(f, c, x, k, r, p, ki);
       f.v128Store();
     });
     mb.add(f);
@@ -111,15 +155,16 @@ function buildModule(pages: number): Uint8Array<ArrayBuffer> {
     const [gate, up, n] = [0, 1, 2];
     const [i, end, off] = f.locals(I32, 3);
     const [g, x, k, r, p, ki, e] = f.locals(V128, 7);
+    const c = hoistExpConstants(f);
     f.get(n).i32(2).op(Op.i32_shl).set(end);
     f.forLoop(i, () => f.i32(0), () => f.get(end), 16, () => {
       f.get(gate).get(i).op(Op.i32_add).tee(off).v128Load().tee(g).simd(S.f32x4_abs).simd(S.f32x4_neg).set(x);
-      emitExp(f, x, k, r, p, ki);
+      emitExp(f, c, x, k, r, p, ki);
       f.set(e);
       f.get(off);
       f.get(g);
-      f.f32(1).simd(S.f32x4_splat).get(e).get(g).zero().simd(S.f32x4_ge).simd(S.v128_bitselect).simd(S.f32x4_mul);
-      f.get(e).f32(1).simd(S.f32x4_splat).simd(S.f32x4_add).simd(S.f32x4_div);
+      c.splat(1); f.get(e).get(g).zero().simd(S.f32x4_ge).simd(S.v128_bitselect).simd(S.f32x4_mul);
+      f.get(e); c.splat(1); f.simd(S.f32x4_add).simd(S.f32x4_div);
       f.get(up).get(i).op(Op.i32_add).v128Load().simd(S.f32x4_mul);
       f.v128Store();
     });
@@ -129,11 +174,13 @@ function buildModule(pages: number): Uint8Array<ArrayBuffer> {
   // attention(q, k, v, att, scratch, nHeads, group, headDim, rowStride, headStride, count, scale): the
   // first five are byte addresses (k, v: this layer's cache); see CpuOps.attention. Per kv head, its `group`
   // query heads together, so a key row is read from memory once per group rather than once per head
-  // (at long contexts the cache outgrows L2): scores four keys at a time (four independent sums, not
-  // one chain, transposed into one f32x4), the last count % 4 one at a time; a softmax per head; then
-  // the values in slices of 8, 4 or 1 vectors held in locals over all positions (one store per slice
-  // rather than a load and a store per position), each slice's rows read by every head of the group
-  // while they sit in cache.
+  // (at long contexts the cache outgrows L2): scores four keys of two heads at a time (eight independent
+  // sums, each transposed into one f32x4 per head), the last count % 4 keys one at a time; a softmax
+  // per head; then the values in slices of 8, 4 or 1 vectors held in locals over all positions (one
+  // store per slice rather than a load and a store per position), each slice's rows read by every head
+  // of the group while they sit in cache. Measured and dropped: blocks of 32 positions whose rows are
+  // read whole once (the slices' running sums kept in att between blocks), with or without touching
+  // each line first: no faster at 512 or 2048 positions.
   {
     const f = new FuncBuilder('attention', [I32, I32, I32, I32, I32, I32, I32, I32, I32, I32, I32, F32]);
     const [q, kBase, vBase, att, scratch, nHeads, group, headDim, rowStride, headStride, count, scale] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11];
@@ -141,6 +188,9 @@ function buildModule(pages: number): Uint8Array<ArrayBuffer> {
     const [max] = f.locals(F32, 1);
     const [acc, x, k, r, p, ki, pv, qv] = f.locals(V128, 8);
     const a = f.locals(V128, 8);
+    const [maxv, scalev, qv1, kv] = f.locals(V128, 4);
+    const [qo1] = f.locals(I32, 1);
+    const c = hoistExpConstants(f);
     const splatF = (v: number) => f.f32(v).simd(S.f32x4_splat);
     /** so = the scores row of head g of the group (at byte t when `at`). */
     const scoresRow = (at: boolean) => {
@@ -153,6 +203,7 @@ function buildModule(pages: number): Uint8Array<ArrayBuffer> {
     f.get(rowStride).i32(2).op(Op.i32_shl).set(rowB);
     f.get(headStride).i32(2).op(Op.i32_shl).set(headB);
     f.get(count).i32(2).op(Op.i32_shl).set(cntB);
+    f.get(scale).simd(S.f32x4_splat).set(scalev);
     f.get(count).i32(7).op(Op.i32_add).i32(-4).op(Op.i32_and).i32(2).op(Op.i32_shl).set(strideB); // count + 4 floats of pad, rounded to 4
     f.get(scratch).get(group).get(strideB).op(Op.i32_mul).op(Op.i32_add).set(sums); // then one f32 sum per head
     f.forLoop(hk, () => f.i32(0), () => f.get(nHeads).get(group).op(Op.i32_div_u), 1, () => {
@@ -164,23 +215,36 @@ function buildModule(pages: number): Uint8Array<ArrayBuffer> {
         f.get(ko).get(rowB).op(Op.i32_add).set(k1);
         f.get(k1).get(rowB).op(Op.i32_add).set(k2);
         f.get(k2).get(rowB).op(Op.i32_add).set(k3);
-        f.forLoop(g, () => f.i32(0), () => f.get(group), 1, () => {
+        // heads in pairs (eight independent sums: one head's four would wait on the add latency), an
+        // odd group's last head alone
+        const keyQuad = (heads: 1 | 2) => {
           queryHead();
-          for (let j = 0; j < 4; j++) f.zero().set(a[j]);
+          if (heads === 2) f.get(qo).get(hdB).op(Op.i32_add).set(qo1);
+          for (let j = 0; j < 4 * heads; j++) f.zero().set(a[j]);
           f.forLoop(d, () => f.i32(0), () => f.get(hdB), 16, () => {
             f.get(qo).get(d).op(Op.i32_add).v128Load().set(qv);
+            if (heads === 2) f.get(qo1).get(d).op(Op.i32_add).v128Load().set(qv1);
             [ko, k1, k2, k3].forEach((row, j) => {
-              f.get(a[j]).get(qv).get(row).get(d).op(Op.i32_add).v128Load().simd(S.f32x4_mul).simd(S.f32x4_add).set(a[j]);
+              f.get(row).get(d).op(Op.i32_add).v128Load().set(kv);
+              f.get(a[j]).get(qv).get(kv).simd(S.f32x4_mul).simd(S.f32x4_add).set(a[j]);
+              if (heads === 2) f.get(a[4 + j]).get(qv1).get(kv).simd(S.f32x4_mul).simd(S.f32x4_add).set(a[4 + j]);
             });
           });
-          // lane j of the result = the sum of a[j]'s lanes: (l0 + l2) + (l1 + l3)
-          f.get(a[0]).get(a[1]).shuffle(f32Lanes(0, 4, 1, 5)).get(a[0]).get(a[1]).shuffle(f32Lanes(2, 6, 3, 7)).simd(S.f32x4_add).set(x);
-          f.get(a[2]).get(a[3]).shuffle(f32Lanes(0, 4, 1, 5)).get(a[2]).get(a[3]).shuffle(f32Lanes(2, 6, 3, 7)).simd(S.f32x4_add).set(k);
-          scoresRow(true);
-          f.get(so);
-          f.get(x).get(k).shuffle(f32Lanes(0, 1, 4, 5)).get(x).get(k).shuffle(f32Lanes(2, 3, 6, 7)).simd(S.f32x4_add);
-          f.get(scale).simd(S.f32x4_splat).simd(S.f32x4_mul).v128Store();
-        });
+          for (let h = 0; h < heads; h++) {
+            const [a0, a1, a2, a3] = a.slice(4 * h, 4 * h + 4);
+            // lane j of the result = the sum of a[j]'s lanes: (l0 + l2) + (l1 + l3)
+            f.get(a0).get(a1).shuffle(f32Lanes(0, 4, 1, 5)).get(a0).get(a1).shuffle(f32Lanes(2, 6, 3, 7)).simd(S.f32x4_add).set(x);
+            f.get(a2).get(a3).shuffle(f32Lanes(0, 4, 1, 5)).get(a2).get(a3).shuffle(f32Lanes(2, 6, 3, 7)).simd(S.f32x4_add).set(k);
+            scoresRow(true);
+            f.get(so);
+            if (h === 1) f.get(strideB).op(Op.i32_add);
+            f.get(x).get(k).shuffle(f32Lanes(0, 1, 4, 5)).get(x).get(k).shuffle(f32Lanes(2, 3, 6, 7)).simd(S.f32x4_add);
+            f.get(scalev).simd(S.f32x4_mul).v128Store();
+          }
+        };
+        f.forLoop(g, () => f.i32(0), () => f.get(group).i32(1).op(Op.i32_sub), 2, () => keyQuad(2));
+        f.get(g).get(group).op(Op.i32_lt_s);
+        f.if(() => keyQuad(1));
         f.get(k3).get(rowB).op(Op.i32_add).set(ko);
       });
       // the last count % 4 keys, one at a time (t goes on from the loop above)
@@ -205,16 +269,18 @@ function buildModule(pages: number): Uint8Array<ArrayBuffer> {
         splatF(-Infinity).v128Store();
         splatF(-Infinity).set(pv);
         f.forLoop(t, () => f.i32(0), () => f.get(cntB), 16, () => {
-          f.get(pv).get(so).get(t).op(Op.i32_add).v128Load().simd(S.f32x4_max).set(pv);
+          // pmax, the running max first: a NaN score is passed over as the JS loop's > does
+          f.get(pv).get(so).get(t).op(Op.i32_add).v128Load().simd(S.f32x4_pmax).set(pv);
         });
         f.get(pv).lane(S.f32x4_extract_lane, 0).get(pv).lane(S.f32x4_extract_lane, 1).op(Op.f32_max);
         f.get(pv).lane(S.f32x4_extract_lane, 2).get(pv).lane(S.f32x4_extract_lane, 3).op(Op.f32_max);
         f.op(Op.f32_max).set(max);
+        f.get(max).simd(S.f32x4_splat).set(maxv);
         f.zero().set(acc);
         f.forLoop(t, () => f.i32(0), () => f.get(cntB), 16, () => {
-          f.get(so).get(t).op(Op.i32_add).v128Load().get(max).simd(S.f32x4_splat).simd(S.f32x4_sub).set(x);
+          f.get(so).get(t).op(Op.i32_add).v128Load().get(maxv).simd(S.f32x4_sub).set(x);
           f.get(so).get(t).op(Op.i32_add);
-          emitExp(f, x, k, r, p, ki);
+          emitExp(f, c, x, k, r, p, ki);
           f.tee(p).v128Store();
           f.get(acc).get(p).simd(S.f32x4_add).set(acc);
         });

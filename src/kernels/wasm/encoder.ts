@@ -44,7 +44,7 @@ export const S = {
   i16x8_shl: 139, i16x8_shr_u: 141, i16x8_add: 142, i32x4_extadd_pairwise_i16x8_s: 126,
   i32x4_shl: 171, i32x4_shr_s: 172, i32x4_shr_u: 173, i32x4_add: 174, i32x4_sub: 177, i32x4_mul: 181, i32x4_dot_i16x8_s: 186,
   f32x4_abs: 224, f32x4_neg: 225, f32x4_add: 228, f32x4_sub: 229, f32x4_mul: 230, f32x4_div: 231,
-  f32x4_min: 232, f32x4_max: 233, f32x4_nearest: 106,
+  f32x4_min: 232, f32x4_max: 233, f32x4_pmin: 234, f32x4_pmax: 235, f32x4_nearest: 106,
   i32x4_trunc_sat_f32x4_s: 248, f32x4_convert_i32x4_s: 250,
   // relaxed SIMD
   i8x16_relaxed_swizzle: 0x100, i32x4_relaxed_trunc_f32x4_s: 0x101, f32x4_relaxed_madd: 0x105, i16x8_relaxed_dot_i8x16_i7x16_s: 0x112,
