@@ -692,6 +692,8 @@ function genericKernel(): FuncBuilder {
  * modules truncate with relaxed_trunc (one cvttps2dq on x64 instead of trunc_sat's fix-up sequence):
  * the values are already rounded and within +-qmax, so only a NaN or infinite input, which makes d
  * and so every output of the matmul non-finite anyway, can give another q.
+ * Tiles of one row (every decode step) store 16 values per narrow and store; with the integer amax,
+ * a 2048-wide row takes 0.49 us instead of 2.06 (Node 26, x64), about 0.25 ms per 1B-shape token.
  */
 function actQuantKernel(wide: boolean, relaxed: boolean): FuncBuilder {
   const f = new FuncBuilder(wide ? 'act_quant16' : 'act_quant8', [I32, I32, I32, I32, I32, I32, I32, F32, F32, I32]);
@@ -708,11 +710,19 @@ function actQuantKernel(wide: boolean, relaxed: boolean): FuncBuilder {
   const p = f.local(I32);
   const amax = f.local(F32);
   const inv = f.local(F32);
-  const vmax = f.local(V128);
+  const vmax = f.locals(V128, 2);
   const acc = f.local(V128);
-  const v = f.local(V128);
+  const v = f.locals(V128, 4);
   const invv = f.local(V128);
+  const absMask = f.local(V128);
   const eb = wide ? 2 : 1;
+  const trunc = relaxed ? S.i32x4_relaxed_trunc_f32x4_s : S.i32x4_trunc_sat_f32x4_s;
+  f.v128Const(Array.from({ length: 16 }, (_, j) => (j % 4 === 3 ? 0x7f : 0xff))).set(absMask);
+  /** Pushes q = trunc(nearest(x * inv)) for the 4 values at sp + offset, and adds them to acc. */
+  const quant4 = (offset: number, out: number) => {
+    f.get(sp).v128Load(offset).get(invv).simd(S.f32x4_mul).simd(S.f32x4_nearest).simd(trunc).set(out);
+    f.get(acc).get(out).simd(S.i32x4_add).set(acc);
+  };
   f.get(kp).get(A).op(Op.i32_div_u).set(nb);
   f.forLoop(i, () => f.i32(0), () => f.get(M), 1, () => {
     f.get(i).get(i).get(mtMax).op(Op.i32_rem_u, Op.i32_sub).set(m0);
@@ -722,15 +732,19 @@ function actQuantKernel(wide: boolean, relaxed: boolean): FuncBuilder {
     f.get(src).get(i).get(kp).op(Op.i32_mul).i32(4).op(Op.i32_mul, Op.i32_add).set(sp);
     f.get(t).i32(4 * eb).op(Op.i32_mul).set(step);
     f.forLoop(b, () => f.i32(0), () => f.get(nb), 1, () => {
-      // amax over the block
-      f.zero().set(vmax);
+      // amax over the block (A is a multiple of 32) as integers: |x|'s bits order like |x| itself, NaN's
+      // above infinity's, so a NaN still wins, as f32x4.max would have it, in one instruction, not V8's
+      // eight-instruction f32x4.max
+      for (const m of vmax) f.zero().set(m);
       f.get(sp).set(p);
-      f.forLoop(c, () => f.i32(0), () => f.get(A), 4, () => {
-        f.get(vmax).get(p).v128Load(0).simd(S.f32x4_abs).simd(S.f32x4_max).set(vmax);
-        bump(f, p, 16);
+      f.forLoop(c, () => f.i32(0), () => f.get(A), 8, () => {
+        for (let h = 0; h < 2; h++) f.get(vmax[h]).get(p).v128Load(16 * h).get(absMask).simd(S.v128_and).simd(S.i32x4_max_s).set(vmax[h]);
+        bump(f, p, 32);
       });
-      f.get(vmax).lane(S.f32x4_extract_lane, 0).get(vmax).lane(S.f32x4_extract_lane, 1).op(Op.f32_max);
-      f.get(vmax).lane(S.f32x4_extract_lane, 2).get(vmax).lane(S.f32x4_extract_lane, 3).op(Op.f32_max).op(Op.f32_max).set(amax);
+      f.get(vmax[0]).get(vmax[1]).simd(S.i32x4_max_s).set(vmax[0]);
+      f.get(vmax[0]).get(vmax[0]).get(vmax[0]).shuffle([8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7]).simd(S.i32x4_max_s).set(vmax[0]);
+      f.get(vmax[0]).get(vmax[0]).get(vmax[0]).shuffle([4, 5, 6, 7, 0, 1, 2, 3, 8, 9, 10, 11, 12, 13, 14, 15]).simd(S.i32x4_max_s);
+      f.lane(S.i32x4_extract_lane, 0).op(Op.f32_reinterpret_i32).set(amax);
       f.f32(0).set(inv);
       f.get(amax).f32(0).op(Op.f32_gt).if(() => f.get(qmax).get(amax).op(Op.f32_div).set(inv));
       f.get(inv).simd(S.f32x4_splat).set(invv);
@@ -740,15 +754,34 @@ function actQuantKernel(wide: boolean, relaxed: boolean): FuncBuilder {
       f.get(b).get(A).op(Op.i32_mul).get(t).op(Op.i32_mul);
       f.get(i).get(m0).op(Op.i32_sub).i32(4).op(Op.i32_mul).op(Op.i32_add, Op.i32_add).i32(eb).op(Op.i32_mul, Op.i32_add).set(dp);
       f.zero().set(acc);
-      f.forLoop(c, () => f.i32(0), () => f.get(A), 4, () => {
-        f.get(sp).v128Load(0).get(invv).simd(S.f32x4_mul).simd(S.f32x4_nearest).simd(relaxed ? S.i32x4_relaxed_trunc_f32x4_s : S.i32x4_trunc_sat_f32x4_s).set(v);
-        f.get(acc).get(v).simd(S.i32x4_add).set(acc);
-        f.get(dp).get(v).get(v).simd(S.i16x8_narrow_i32x4_s);
-        if (wide) f.simdMemLane(S.v128_store64_lane, 0, 0, 0);
-        else f.tee(v).get(v).simd(S.i8x16_narrow_i16x8_s).simdMemLane(S.v128_store32_lane, 0, 0, 0);
-        bump(f, sp, 16);
-        f.get(dp).get(step).op(Op.i32_add).set(dp);
-      });
+      f.get(t).i32(1).op(Op.i32_eq).if(
+        () => {
+          // a tile of one row (every decode step) is contiguous: 16 values narrowed and stored at once
+          f.forLoop(c, () => f.i32(0), () => f.get(A), 16, () => {
+            for (let j = 0; j < 4; j++) quant4(16 * j, v[j]);
+            f.get(v[0]).get(v[1]).simd(S.i16x8_narrow_i32x4_s).set(v[0]);
+            f.get(v[2]).get(v[3]).simd(S.i16x8_narrow_i32x4_s).set(v[2]);
+            if (wide) {
+              f.get(dp).get(v[0]).v128Store(0);
+              f.get(dp).get(v[2]).v128Store(16);
+            } else {
+              f.get(dp).get(v[0]).get(v[2]).simd(S.i8x16_narrow_i16x8_s).v128Store(0);
+            }
+            bump(f, sp, 64);
+            bump(f, dp, 16 * eb);
+          });
+        },
+        () => {
+          f.forLoop(c, () => f.i32(0), () => f.get(A), 4, () => {
+            quant4(0, v[0]);
+            f.get(dp).get(v[0]).get(v[0]).simd(S.i16x8_narrow_i32x4_s);
+            if (wide) f.simdMemLane(S.v128_store64_lane, 0, 0, 0);
+            else f.tee(v[0]).get(v[0]).simd(S.i8x16_narrow_i16x8_s).simdMemLane(S.v128_store32_lane, 0, 0, 0);
+            bump(f, sp, 16);
+            f.get(dp).get(step).op(Op.i32_add).set(dp);
+          });
+        },
+      );
       // params[(m0*nb + b*t + (i-m0)) * 8] = (d * tscale, offset * sum)
       f.get(prm).get(m0).get(nb).op(Op.i32_mul).get(b).get(t).op(Op.i32_mul, Op.i32_add).get(i).get(m0).op(Op.i32_sub, Op.i32_add).i32(8).op(Op.i32_mul, Op.i32_add).set(p);
       f.get(p).get(amax).get(qmax).op(Op.f32_div).get(ts).op(Op.f32_mul).mem(Op.f32_store, 2, 0);

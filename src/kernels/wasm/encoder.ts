@@ -24,7 +24,7 @@ export const Op = {
   i32_add: 0x6a, i32_sub: 0x6b, i32_mul: 0x6c, i32_div_u: 0x6e, i32_rem_u: 0x70, i32_and: 0x71, i32_or: 0x72, i32_shl: 0x74,
   i32_shr_u: 0x76,
   f32_add: 0x92, f32_sub: 0x93, f32_mul: 0x94, f32_div: 0x95, f32_min: 0x96, f32_max: 0x97, f32_gt: 0x5e,
-  f32_convert_i32_s: 0xb2,
+  f32_convert_i32_s: 0xb2, f32_reinterpret_i32: 0xbe,
 } as const;
 
 /** Atomic memory opcodes of the threads proposal (after the 0xfe prefix). */
@@ -42,7 +42,7 @@ export const S = {
   i8x16_narrow_i16x8_s: 101, i8x16_shl: 107, i8x16_shr_u: 109, i8x16_add: 110, i8x16_sub: 113,
   i16x8_narrow_i32x4_s: 133, i16x8_extend_low_i8x16_s: 135, i16x8_extend_high_i8x16_s: 136,
   i16x8_shl: 139, i16x8_shr_u: 141, i16x8_add: 142, i32x4_extadd_pairwise_i16x8_s: 126,
-  i32x4_shl: 171, i32x4_shr_s: 172, i32x4_shr_u: 173, i32x4_add: 174, i32x4_sub: 177, i32x4_mul: 181, i32x4_dot_i16x8_s: 186,
+  i32x4_shl: 171, i32x4_shr_s: 172, i32x4_shr_u: 173, i32x4_add: 174, i32x4_sub: 177, i32x4_mul: 181, i32x4_max_s: 184, i32x4_dot_i16x8_s: 186,
   f32x4_abs: 224, f32x4_neg: 225, f32x4_add: 228, f32x4_sub: 229, f32x4_mul: 230, f32x4_div: 231,
   f32x4_min: 232, f32x4_max: 233, f32x4_pmin: 234, f32x4_pmax: 235, f32x4_nearest: 106,
   i32x4_trunc_sat_f32x4_s: 248, f32x4_convert_i32x4_s: 250,
