@@ -876,7 +876,7 @@ async function checkActivationPreparation(v: KernelVariant): Promise<void> {
       x[3] = NaN;
       x[40] = Infinity;
       x[75] = -Infinity;
-      x[k + 5] = NaN;
+      if (m > 1) x[k + 5] = NaN;
       for (let i = 128; i < 160; i++) x[i] = -0;
     }
     const rows = new Float32Array(m * kp);

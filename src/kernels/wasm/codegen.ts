@@ -733,8 +733,8 @@ function actQuantKernel(wide: boolean, relaxed: boolean): FuncBuilder {
     f.get(t).i32(4 * eb).op(Op.i32_mul).set(step);
     f.forLoop(b, () => f.i32(0), () => f.get(nb), 1, () => {
       // amax over the block (A is a multiple of 32) as integers: |x|'s bits order like |x| itself, NaN's
-      // above infinity's, so a NaN still wins, as f32x4.max would have it, in one instruction, not V8's
-      // eight-instruction f32x4.max
+      // above infinity's, so a NaN still wins as with f32x4.max, in one instruction instead of V8's
+      // NaN- and sign-fixing f32x4.max sequence
       for (const m of vmax) f.zero().set(m);
       f.get(sp).set(p);
       f.forLoop(c, () => f.i32(0), () => f.get(A), 8, () => {
