@@ -14,7 +14,7 @@ import { createBackend, createModelBackend } from '../src/kernels/registry.js';
 import type { KernelBackend } from '../src/kernels/types.js';
 import { loadModel } from '../src/model/load.js';
 import { bundledModelPath } from '../src/cli/paths.js';
-import { INT_PATH_MAX_REL_ERROR, affineOffset, createWasmBackend, packForWasm, wasmCapabilities, type WasmKernelBackend, type WasmMatmulOptions } from '../src/kernels/wasm/index.js';
+import { INT_PATH_MAX_REL_ERROR, affineOffset, createWasmBackend, newerNodeHint, packForWasm, wasmCapabilities, type WasmKernelBackend, type WasmMatmulOptions } from '../src/kernels/wasm/index.js';
 import { buildKernelModule, type KernelVariant } from '../src/kernels/wasm/codegen.js';
 import { FuncBuilder, I32, ModuleBuilder, Op } from '../src/kernels/wasm/encoder.js';
 import { ThreadPool } from '../src/kernels/wasm/threads.js';
@@ -906,3 +906,12 @@ async function checkActivationPreparation(v: KernelVariant): Promise<void> {
     }
   }
 }
+
+test('wasm: the newer-Node hint appears only for the split dot on an x64 CPU with AVX-VNNI under V8 before 13', () => {
+  assert.match(newerNodeHint('split', 11, 'x64', true) ?? '', /Node 24\+ \(V8 13\+\).*AVX-VNNI/);
+  assert.ok(newerNodeHint('split', 12, 'x64', true), 'V8 12 (Node 22)');
+  assert.equal(newerNodeHint('fused', 11, 'x64', true), null, 'already fused');
+  assert.equal(newerNodeHint('split', 13, 'x64', true), null, 'V8 13 would have chosen fused: split was forced');
+  assert.equal(newerNodeHint('split', 11, 'arm64', true), null, 'not x64');
+  assert.equal(newerNodeHint('split', 11, 'x64', false), null, 'no AVX-VNNI: V8 13 would emit the same five instructions');
+});

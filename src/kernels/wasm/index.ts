@@ -759,8 +759,20 @@ function selfCheck(be: WasmBackend): void {
  */
 async function relaxedDotOrder(): Promise<('fused' | 'split')[]> {
   if (!isNode || process.arch !== 'x64') return ['fused', 'split'];
-  const v8Major = Number(/^(\d+)\./.exec(process.versions.v8 ?? '')?.[1] ?? 0);
-  return v8Major >= 13 && (await cpuHasAvxVnni()) ? ['fused', 'split'] : ['split', 'fused'];
+  return hostV8Major() >= 13 && (await cpuHasAvxVnni()) ? ['fused', 'split'] : ['split', 'fused'];
+}
+
+function hostV8Major(): number {
+  return Number(/^(\d+)\./.exec(process.versions.v8 ?? '')?.[1] ?? 0);
+}
+
+/**
+ * The note for info().variant when the split dot runs on an x64 CPU whose AVX-VNNI a newer V8 would
+ * use (null otherwise): the single most useful speed hint for Node 20 and 22 users (relaxedDotOrder).
+ */
+export function newerNodeHint(dot: 'fused' | 'split', v8Major: number, arch: string, avxVnni: boolean): string | null {
+  if (dot !== 'split' || arch !== 'x64' || !avxVnni || v8Major >= 13) return null;
+  return "Node 24+ (V8 13+) would run the dot on this CPU's AVX-VNNI (about 18% faster decode)";
 }
 
 let avxVnniCache: Promise<boolean> | null = null;
@@ -822,12 +834,13 @@ export async function createWasmBackend(opts: WasmBackendOptions = {}): Promise<
       const c = (core = await Core.create(v, shared, opts));
       const extra: string[] = [];
       let dot8 = v.relaxed && relaxed8Opt !== false && probeRelaxedDot8(c);
+      const hint = v.relaxed && v.dot && isNode ? newerNodeHint(v.dot, hostV8Major(), process.arch, await cpuHasAvxVnni()) : null;
       if (v.relaxed && relaxed8Opt === true && !dot8) extra.push("8-bit codes on the relaxed dot requested but this engine's relaxed dot is not exact for them");
       const make = () => {
         c.relaxed8 = dot8;
         const name = v.relaxed ? `SIMD128 + relaxed SIMD (${v.dot} dot${dot8 ? ', 8-bit codes' : ''}${caps.relaxedViaFlag ? ', V8 flag' : ''})` : 'SIMD128';
         const desc = `${name}, ${threads} thread${threads > 1 ? 's' : ''}, ${activations === 'int8' ? `int${v.relaxed ? 8 : 16} activations` : 'exact f32'} by default`;
-        return new WasmBackend(c, [desc, ...notes, ...extra].join('; '), activations, actBlockMax);
+        return new WasmBackend(c, [desc, ...notes, ...extra, ...(hint ? [hint] : [])].join('; '), activations, actBlockMax);
       };
       let be = make();
       try {
