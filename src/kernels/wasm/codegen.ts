@@ -693,7 +693,8 @@ function genericKernel(): FuncBuilder {
  * the values are already rounded and within +-qmax, so only a NaN or infinite input, which makes d
  * and so every output of the matmul non-finite anyway, can give another q.
  * Tiles of one row (every decode step) store 16 values per narrow and store; with the integer amax,
- * a 2048-wide row takes 0.49 us instead of 2.06 (Node 26, x64), about 0.25 ms per 1B-shape token.
+ * a 2048-wide row takes 0.49 us instead of 2.06 (Node 26, x64): a 1B-shape token quantizes 231,424
+ * values, 0.06 ms instead of 0.23.
  */
 function actQuantKernel(wide: boolean, relaxed: boolean): FuncBuilder {
   const f = new FuncBuilder(wide ? 'act_quant16' : 'act_quant8', [I32, I32, I32, I32, I32, I32, I32, F32, F32, I32]);
