@@ -20,6 +20,7 @@ import { FuncBuilder, I32, ModuleBuilder, Op } from '../src/kernels/wasm/encoder
 import { ThreadPool } from '../src/kernels/wasm/threads.js';
 import { buildCodebook, quantizeActivations, roundUp, tileF32, type ActGeometry } from '../src/kernels/wasm/layout.js';
 import { identity, randInt, randn, relErr, rng } from './helpers.js';
+import { roundToF16 } from '../src/format/half.js';
 
 const U = 2 ** -24; // f32 unit roundoff
 const isCode = (code: string) => (e: unknown) => e instanceof FluteError && e.code === code;
@@ -651,6 +652,84 @@ test('wasm int8 path: the flat kernels (g <= 32) give the general kernels\' resu
   } finally {
     general.forEach((b) => b.dispose());
   }
+});
+
+test('wasm records layout (f16 scales in the weight stream): the records kernels give the f32 layout\'s results bit for bit, every path, and readRow its rows', async (t) => {
+  if (!caps.f16) {
+    t.skip(`this runtime has no f32x4.promote_low_f16x8 (the fp16 proposal: Node 24+), so the records kernels are not built here; npm test runs this file under Node 24 too`);
+    return;
+  }
+  const r = rng(43);
+  // scales that are f16 values: both signs, normal and subnormal f16, a zero group
+  const f16Scales = (len: number) => Float32Array.from({ length: len }, (_, i) => (i === 3 ? 0 : roundToF16((r() < 0.3 ? -1 : 1) * (r() < 0.1 ? 3e-6 * r() : 0.01 + r()))));
+  const pairs: { label: string; opts: Parameters<typeof createWasmBackend>[0] }[] = [{ label: 'simd128', opts: { relaxed: false } }];
+  if (caps.relaxed) pairs.push({ label: 'relaxed', opts: {} }, { label: 'relaxedwide', opts: { relaxed8: false } });
+  const seen = new Set<string>();
+  for (const { label, opts } of pairs) {
+    for (const threads of [1, 2]) {
+      if (threads === 2 && label !== 'relaxed' && label !== 'simd128') continue;
+      const rec = await createWasmBackend({ ...opts, threads });
+      const f32 = await createWasmBackend({ ...opts, threads, f16Scales: false });
+      try {
+        assert.match(rec.info().variant, /f16 scales/, `${label}: ${rec.info().variant}`);
+        assert.doesNotMatch(f32.info().variant, /f16 scales/, `${label}: ${f32.info().variant}`);
+        for (const bits of [1, 2, 3, 4]) {
+          const tables: [string, Float32Array][] = [['nf', buildTable('nf', bits)], ['int', buildTable('int', bits)]];
+          if (bits === 4) tables.push(['iq4nl', buildTable('iq4nl', 4)]);
+          for (const [tname, table] of tables) {
+            for (const [n, k, g] of [[13, 192, 32], [6, 70, 16], [5, 100, 24]] as const) {
+              const idx = Uint8Array.from({ length: n * k }, () => Math.floor(r() * 2 ** bits));
+              const layer = layerOf(idx, n, k, bits, g, table, f16Scales(n * groupsPerRow(k, g)));
+              const pr = rec.prepare(layer);
+              const pf = f32.prepare(layer);
+              const id = `${label},threads=${threads} b=${bits} ${tname} [${n}, ${k}] g=${g}`;
+              assert.ok(pr.bytes < pf.bytes, `${id}: records (${pr.bytes} B) smaller than f32 scales (${pf.bytes} B)`);
+              for (const act of ['int8', 'f32'] as const) {
+                const path = act === 'f32' ? 'exact' : rec.intPath(pr).path;
+                seen.add(`${label} ${path}`);
+                for (const m of [1, 2, 3, 4, 5, 9]) {
+                  const x = randn(r, m * k);
+                  const a = rec.matmul(pr, x, m, undefined, { activations: act });
+                  const b = f32.matmul(pf, x, m, undefined, { activations: act });
+                  assert.deepEqual(a, b, `${id} ${act} [${path}] m=${m}: records vs f32 scales`);
+                  assert.ok(a.some((v) => v !== 0), `${id} ${act} m=${m}: a nonzero output`);
+                }
+              }
+              const got = new Float32Array(k);
+              const want = new Float32Array(k);
+              for (let row = 0; row < n; row++) {
+                dequantizeRow(layer, row, want);
+                rec.readRow!(pr, row, got);
+                assert.deepEqual(got, want, `${id}: readRow ${row}`);
+              }
+              rec.release(pr);
+              f32.release(pf);
+            }
+          }
+        }
+        // scales that are not all f16 values, and groups of more than one chunk, keep the f32 layout
+        const idx = Uint8Array.from({ length: 8 * 64 }, () => Math.floor(r() * 16));
+        for (const [g, scales] of [[32, Float32Array.from({ length: 16 }, () => Math.fround(0.1 + r()))], [64, f16Scales(8)]] as const) {
+          const layer = layerOf(idx, 8, 64, 4, g, buildTable('nf', 4), scales);
+          const pr = rec.prepare(layer);
+          const pf = f32.prepare(layer);
+          assert.equal(pr.bytes, pf.bytes, `${label} g=${g}: the f32 layout`);
+          const x = randn(r, 64);
+          assert.deepEqual(rec.matmul(pr, x, 1), f32.matmul(pf, x, 1), `${label} g=${g}: f32 layout results`);
+          rec.release(pr);
+          f32.release(pf);
+        }
+      } finally {
+        rec.dispose();
+        f32.dispose();
+      }
+    }
+  }
+  // every family's records kernels: exact and the SIMD128 int kernels everywhere; relaxed7, affine
+  // (int tables), relaxed8 and the wide kernels where relaxed SIMD runs
+  assert.ok(seen.has('simd128 exact') && seen.has('simd128 simd'), [...seen].join(', '));
+  if (caps.relaxed) assert.ok(seen.has('relaxed relaxed7') && seen.has('relaxedwide simd'), [...seen].join(', '));
+  if (backends.some((b) => b.be.relaxed8)) assert.ok(seen.has('relaxed relaxed8'), [...seen].join(', '));
 });
 
 test('wasm int8 path: the affine kernels (int tables) give the lookup kernels\' results bit for bit', () => {

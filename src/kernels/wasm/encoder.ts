@@ -49,6 +49,8 @@ export const S = {
   // relaxed SIMD
   i8x16_relaxed_swizzle: 0x100, i32x4_relaxed_trunc_f32x4_s: 0x101, f32x4_relaxed_madd: 0x105, i16x8_relaxed_dot_i8x16_i7x16_s: 0x112,
   i32x4_relaxed_dot_i8x16_i7x16_add_s: 0x113,
+  // half precision (fp16 proposal)
+  f32x4_promote_low_f16x8: 0x14b,
 } as const;
 
 // ---------------------------------------------------------------------------------------------

@@ -27,7 +27,10 @@
 //     Kernels (codegen lutIntKernel): layers whose groups are one 32-k chunk (g <= 32: GGUF) take the
 //     'flat' ones; relaxed7 layers whose codes are index + c0 ('int' tables: GGUF Q4_0; affineOffset)
 //     the 'affine' ones, which multiply the index itself and sum a chunk in i16 (no lookup; at M = 1
-//     about 1.5x the lookup kernels' speed). Both give the general kernels' results bit for bit.
+//     about 1.5x the lookup kernels' speed). Both give the general kernels' results bit for bit. Where
+//     the host converts f16 in one instruction (the fp16 proposal; Node 24+ with V8's flag), flat
+//     layers whose scales are all f16 values (GGUF) are prepared in the records layout (packF16Records)
+//     and take the 'records' kernels of each family, again with the same results.
 //     Per element, with eT = max_j |T_j - t c_j| <= t0/2 (t0 the absmax code step) and
 //     delta = amax_block (1/(2Q) + 4u), u = 2^-24, over B activation blocks along K:
 //       |y - y_ref| <= sum_k |s_k| (eT |x_k| + (|T_k| + eT) delta_k)
@@ -67,6 +70,7 @@
 // rounding, e.g. to pin greedy text against the reference backend.
 
 import { FluteError, checkOption, checkOptionKeys } from '../../errors.js';
+import { roundToF16 } from '../../format/half.js';
 import { dequantValue, dequantize, validateQuantizedLinear, type Linear, type QuantizedLinear } from '../../quant/linear.js';
 import { IQ4NL_VALUES } from '../../quant/tables.js';
 import { checkMatmulArgs, checkReadRowArgs } from '../check.js';
@@ -81,6 +85,7 @@ import {
   packForWasm,
   padRows,
   paddedK,
+  packF16Records,
   readLutRow,
   roundUp,
   type ActGeometry,
@@ -128,6 +133,10 @@ export interface WasmCapabilities {
   readonly relaxed: boolean;
   /** True when relaxed SIMD needed `--experimental-wasm-relaxed-simd` (Node 20 / V8 11.3). */
   readonly relaxedViaFlag: boolean;
+  /** f32x4.promote_low_f16x8 (the fp16 proposal) validates, possibly only after setting V8's flag. */
+  readonly f16: boolean;
+  /** True when it needed `--experimental-wasm-fp16` (Node 24 and 26). */
+  readonly f16ViaFlag: boolean;
   /** Shared memory and workers are available (Node, or a cross-origin-isolated page). */
   readonly threads: boolean;
   /** Cores the host reports (the default thread count). */
@@ -152,6 +161,7 @@ const probeRelaxed = () =>
     f.zero().zero().zero().simd(S.i32x4_relaxed_dot_i8x16_i7x16_add_s);
     f.zero().simd(S.i8x16_relaxed_swizzle).zero().zero().simd(S.f32x4_relaxed_madd).op(0x1a);
   });
+const probeF16 = () => probe((f) => f.zero().simd(S.f32x4_promote_low_f16x8).op(0x1a));
 
 function sharedMemoryWorks(): boolean {
   try {
@@ -193,7 +203,20 @@ export function wasmCapabilities(): Promise<WasmCapabilities> {
         relaxed = false;
       }
     }
-    return { simd, relaxed, relaxedViaFlag, threads: sharedMemoryWorks(), cores: await hostCores() };
+    let f16 = simd && probeF16();
+    let f16ViaFlag = false;
+    // V8 13 (Node 24) and later have the flag; V8 prints an error for a flag it does not know
+    if (simd && !f16 && isNode && hostV8Major() >= 13) {
+      try {
+        const v8 = await import('node:v8');
+        v8.setFlagsFromString('--experimental-wasm-fp16');
+        f16 = probeF16();
+        f16ViaFlag = f16;
+      } catch {
+        f16 = false;
+      }
+    }
+    return { simd, relaxed, relaxedViaFlag, f16, f16ViaFlag, threads: sharedMemoryWorks(), cores: await hostCores() };
   })();
   return capsCache;
 }
@@ -205,8 +228,10 @@ interface WasmLayerData {
   readonly layout: 'lut' | 'generic' | 'dense';
   readonly lut?: Omit<LutLayout, 'indices' | 'scales' | 'planes'>;
   readonly generic?: { readonly groupSize: number; readonly groups: number };
-  readonly w: number; // weights (indices / f32) in wasm memory
-  readonly s: number; // scales (0 for dense)
+  readonly w: number; // weights (indices / f32; lut records: indices and f16 scales) in wasm memory
+  readonly s: number; // scales (0 for dense and lut records)
+  /** lut: the records layout (packF16Records): each group's chunk followed by its f16 scales, read by the records kernels. */
+  readonly records?: boolean;
   readonly table: number; // lut: planes [64] + relaxed codes [16] + simd codes [16] + relaxed8 codes [16]; generic: f32[256]
   readonly codebooks?: Record<Exclude<WasmIntPath, 'exact'>, { readonly scale: number; readonly relError: number }>; // lut only
   /** lut: -c0 where the 7-bit codes are index + c0 (affineOffset), which the relaxed7 path then runs on the affine kernels. */
@@ -408,8 +433,9 @@ class WasmBackend implements WasmKernelBackend {
         data = { layout: 'generic', generic: { groupSize: lay.groupSize, groups: lay.groups }, w, s, table, released: false };
         bytes = lay.indices.byteLength + lay.scales.byteLength + lay.table.byteLength;
       } else {
-        const w = put(lay.indices, what);
-        const s = put(bytesOf(lay.scales), what);
+        const rec = this.core.variant.f16 ? packF16Records(lay) : null;
+        const w = put(rec ?? lay.indices, what);
+        const s = rec ? 0 : put(bytesOf(lay.scales), what);
         const tb = new Uint8Array(LUT_TABLE_BYTES);
         tb.set(lay.planes, 0);
         // the relaxed dot's unsigned operand: 7-bit codes + 64 in [0, 127], 8-bit codes + 128 in [0, 255]
@@ -417,15 +443,16 @@ class WasmBackend implements WasmKernelBackend {
         lay.simdCodebook.codes.forEach((c, j) => (tb[TABLE_OFFSET.simd + j] = c & 0xff));
         lay.relaxed8Codebook.codes.forEach((c, j) => (tb[TABLE_OFFSET.relaxed8 + j] = c + ACT_OFFSET.relaxed8));
         const table = put(tb, what);
-        const { indices: _i, scales: _s, planes: _p, ...lut } = lay;
+        const { indices: _i, scales: _s, planes: _p, ...packed } = lay;
+        const lut = rec ? { ...packed, quadBytes: rec.byteLength / lay.nq } : packed;
         const cb = (c: { scale: number; relError: number }) => ({ scale: c.scale, relError: c.relError });
         data = {
-          layout: 'lut', lut, w, s, table,
+          layout: 'lut', lut, w, s, table, records: rec !== null,
           codebooks: { relaxed7: cb(lay.relaxedCodebook), relaxed8: cb(lay.relaxed8Codebook), simd: cb(lay.simdCodebook) },
           affineOffset: affineOffset(lay.relaxedCodebook.codes, lay.bits),
           released: false,
         };
-        bytes = lay.indices.byteLength + lay.scales.byteLength + tb.byteLength;
+        bytes = (rec ? rec.byteLength : lay.indices.byteLength + lay.scales.byteLength) + tb.byteLength;
       }
       return { backend: 'wasm', n: layer.n, k: layer.k, bytes, data };
     } catch (e) {
@@ -454,7 +481,8 @@ class WasmBackend implements WasmKernelBackend {
       for (let c = 0; c < k; c++) out[at + c] = dequantValue(t[idx[c]], s[Math.floor(c / g)]);
     } else {
       const lut = data.lut!;
-      readLutRow(lut, heap.u8.subarray(data.w, data.w + lut.nq * lut.quadBytes), heap.f32(data.s, lut.nq * lut.groups * QUAD), row, out, at);
+      const scales = data.records ? 'records' : heap.f32(data.s, lut.nq * lut.groups * QUAD);
+      readLutRow(lut, heap.u8.subarray(data.w, data.w + lut.nq * lut.quadBytes), scales, row, out, at);
     }
   }
 
@@ -509,7 +537,7 @@ class WasmBackend implements WasmKernelBackend {
       if (path === 'exact') {
         const a: ActGeometry = { m, k, groupSize: g.groupSize, paddedGroup: g.paddedGroup, groups: g.groups, tile: MT.exact };
         const kp = paddedK(a);
-        jw[J.fn] = lb === 2 ? FN.exact2 : lb === 3 ? FN.exact3 : FN.exact4;
+        jw[J.fn] = FN[`exact${lb}${data.records ? 'h' : ''}`];
         jw[J.x] = core.tilesF32(a, x);
         jw[J.kp] = kp;
         jw[J.table] = data.table;
@@ -534,7 +562,7 @@ class WasmBackend implements WasmKernelBackend {
         // the relaxed module's int kernels take relaxed7 and relaxed8; its SIMD128 ones are wide*
         const family = affine ? 'affine' : !relaxed && core.variant.relaxed ? 'wide' : 'int';
         // groups that are one chunk and one activation block (g <= 32) take the kernels without inner loops
-        jw[J.fn] = intKernelId(family, lb, g.paddedGroup === CHUNK && block === CHUNK);
+        jw[J.fn] = intKernelId(family, lb, g.paddedGroup === CHUNK && block === CHUNK, data.records);
         jw[J.x] = xPtr;
         jw[J.p] = pPtr;
         jw[J.kp] = kp;
@@ -675,7 +703,7 @@ function selfCheck(be: WasmBackend): void {
   const rand = () => ((seed = (Math.imul(seed, 1103515245) + 12345) >>> 0) / 2 ** 32);
   const randn = (n: number) => Float32Array.from({ length: n }, () => (rand() + rand() + rand() - 1.5) * 2);
   const u = 2 ** -24;
-  const quantized = (bits: number, n: number, k: number, g: number, values?: readonly number[]): QuantizedLinear => {
+  const quantized = (bits: number, n: number, k: number, g: number, values?: readonly number[], f16Scales = false): QuantizedLinear => {
     const G = Math.ceil(k / g);
     const table = Float32Array.from({ length: 1 << bits }, (_, i) => values?.[i] ?? Math.fround(i - (1 << (bits - 1)) + 0.37 * Math.sin(i)));
     const idx = Array.from({ length: n * k }, () => Math.floor(rand() * (1 << bits)));
@@ -687,7 +715,8 @@ function selfCheck(be: WasmBackend): void {
       packed[r * rowBytes + (bit >> 3)] |= v & 0xff;
       if ((bit & 7) + bits > 8) packed[r * rowBytes + (bit >> 3) + 1] |= v >> 8;
     }
-    const scales = Float32Array.from({ length: n * G }, () => Math.fround(0.5 + rand()));
+    // f16Scales: every scale an f16 value, so that a variant with f16 runs the records kernels
+    const scales = Float32Array.from({ length: n * G }, () => (f16Scales ? roundToF16 : Math.fround)(0.5 + rand()));
     return { kind: 'quantized', n, k, bits, groupSize: g, tableKind: 'custom', table, scaleDtype: 'f32', scales, packed };
   };
   const cases: { layer: Linear; m: number; act: WasmActivations; x?: Float32Array }[] = [];
@@ -710,6 +739,13 @@ function selfCheck(be: WasmBackend): void {
   const pm = Float32Array.from({ length: 3 * 256 }, (_, i) => (i < 256 ? 1 : i < 512 ? -1 : rand() * 2 - 1));
   cases.push({ layer: quantized(4, 12, 256, 64, ends), m: 3, act: 'int8', x: pm });
   cases.push({ layer: quantized(5, 5, 70, 16), m: 2, act: 'f32' });
+  // f16 scales and one chunk a group: the records kernels where the variant has f16 (all three families)
+  for (const bits of [2, 3, 4]) {
+    for (const act of ['f32', 'int8'] as const) cases.push({ layer: quantized(bits, 7, 70, 16, undefined, true), m: 5, act });
+    cases.push({ layer: quantized(bits, 12, 96, 32, undefined, true), m: 1, act: 'int8' });
+  }
+  cases.push({ layer: quantized(4, 9, 160, 32, IQ4NL_VALUES, true), m: 5, act: 'int8' });
+  cases.push({ layer: quantized(4, 9, 160, 32, intValues(4), true), m: 5, act: 'int8' });
   cases.push({ layer: { kind: 'dense', n: 7, k: 37, weight: randn(7 * 37) }, m: 5, act: 'f32' });
   for (const { layer, m, act, x: given } of cases) {
     const x = given ?? randn(m * layer.k);
@@ -827,11 +863,17 @@ export async function createWasmBackend(opts: WasmBackendOptions = {}): Promise<
   checkOption(relaxed8Opt === 'auto' || typeof relaxed8Opt === 'boolean', 'wasm relaxed8', '"auto", true or false', relaxed8Opt);
   const dotOpt = opts.relaxedDot ?? 'auto';
   checkOption(dotOpt === 'auto' || dotOpt === 'fused' || dotOpt === 'split', 'wasm relaxedDot', '"auto", "fused" or "split"', dotOpt);
+  const f16Opt = opts.f16Scales ?? 'auto';
+  checkOption(f16Opt === 'auto' || typeof f16Opt === 'boolean', 'wasm f16Scales', '"auto", true or false', f16Opt);
+  const f16 = f16Opt !== false && caps.f16;
+  if (f16Opt === true && !caps.f16) notes.push('f16 scales requested but this runtime has no f32x4.promote_low_f16x8');
+  // each variant with f16 scales first, then the same without (should the records kernels fail)
   const variants: KernelVariant[] = [];
+  const add = (v: KernelVariant) => variants.push(...(f16 ? [{ ...v, f16: true }, v] : [v]));
   if (relaxedOpt !== false && caps.relaxed) {
-    for (const dot of dotOpt === 'auto' ? await relaxedDotOrder() : [dotOpt]) variants.push({ relaxed: true, dot });
+    for (const dot of dotOpt === 'auto' ? await relaxedDotOrder() : [dotOpt]) add({ relaxed: true, dot });
   } else if (relaxedOpt === true) notes.push('relaxed SIMD requested but unavailable');
-  variants.push({ relaxed: false });
+  add({ relaxed: false });
 
   for (const v of variants) {
     let core: Core | null = null;
@@ -843,7 +885,8 @@ export async function createWasmBackend(opts: WasmBackendOptions = {}): Promise<
       if (v.relaxed && relaxed8Opt === true && !dot8) extra.push("8-bit codes on the relaxed dot requested but this engine's relaxed dot is not exact for them");
       const make = () => {
         c.relaxed8 = dot8;
-        const name = v.relaxed ? `SIMD128 + relaxed SIMD (${v.dot} dot${dot8 ? ', 8-bit codes' : ''}${caps.relaxedViaFlag ? ', V8 flag' : ''})` : 'SIMD128';
+        const f16Note = v.f16 ? `, f16 scales${caps.f16ViaFlag ? ' (V8 flag)' : ''}` : '';
+        const name = v.relaxed ? `SIMD128 + relaxed SIMD (${v.dot} dot${dot8 ? ', 8-bit codes' : ''}${caps.relaxedViaFlag ? ', V8 flag' : ''}${f16Note})` : `SIMD128${f16Note ? ` (${f16Note.slice(2)})` : ''}`;
         const desc = `${name}, ${threads} thread${threads > 1 ? 's' : ''}, ${activations === 'int8' ? `int${v.relaxed ? 8 : 16} activations` : 'exact f32'} by default`;
         return new WasmBackend(c, [desc, ...notes, ...extra, ...(hint ? [hint] : [])].join('; '), activations, actBlockMax);
       };
@@ -862,8 +905,8 @@ export async function createWasmBackend(opts: WasmBackendOptions = {}): Promise<
       return be;
     } catch (e) {
       core?.dispose();
-      if (!v.relaxed || e instanceof FluteError) throw e instanceof FluteError ? e : new FluteError('E_BACKEND', `wasm: SIMD128 kernels failed their self-check: ${(e as Error).message}`, { cause: e });
-      notes.push(`relaxed SIMD with ${v.dot} dot failed its self-check (${(e as Error).message})`);
+      if ((!v.relaxed && !v.f16) || e instanceof FluteError) throw e instanceof FluteError ? e : new FluteError('E_BACKEND', `wasm: SIMD128 kernels failed their self-check: ${(e as Error).message}`, { cause: e });
+      notes.push(`${v.relaxed ? `relaxed SIMD with ${v.dot} dot` : 'SIMD128'}${v.f16 ? ' with f16 scales' : ''} failed its self-check (${(e as Error).message})`);
     }
   }
   throw new FluteError('E_BACKEND', 'wasm: no kernel variant could be started');

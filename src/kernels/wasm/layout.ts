@@ -17,9 +17,13 @@
 //   b=1: stored as b=2 (table padded with zeros), so it takes the 2-bit kernels.
 // Scales are [rowQuad][group][4] f32 (one v128 per quad and group); the table travels as four byte
 // planes (exact path, `pshufb`-style f32 gather) and as 16-byte integer codebooks (int8 paths).
+// Records (packF16Records), where the host converts f16 in one instruction and every scale of a layer
+// with one chunk a group is an f16 value (GGUF Q4_0 / IQ4_NL): per (row quad, group) the chunk, then
+// the quad's 4 scales as f16 (8 B), in one stream.
 
 import { FluteError } from '../../errors.js';
 import { dequantValue, groupsPerRow, type DenseLinear, type Linear, type QuantizedLinear } from '../../quant/linear.js';
+import { f16BitsToF32, f32ToF16Bits } from '../../format/half.js';
 import { packedRowBytes, unpackIndices } from '../../quant/packing.js';
 
 export const QUAD = 4; // rows per quad (one per f32x4 / i32x4 lane)
@@ -284,6 +288,34 @@ function packLut(layer: QuantizedLinear): LutLayout {
   };
 }
 
+/** Bytes a scale record adds after its group's chunk: the row quad's 4 scales as f16. */
+export const RECORD_SCALE_BYTES = 8;
+
+/**
+ * The records stream of a lut layout (see the header): [nq][G][chunk, 4 x f16], or null unless each
+ * group is one chunk and every scale is exactly an f16 value (so the kernels' f16 -> f32 gives the
+ * layout's f32 scales bit for bit; a NaN scale keeps the f32 layout).
+ */
+export function packF16Records(lay: LutLayout): Uint8Array | null {
+  if (lay.paddedGroup !== CHUNK) return null;
+  const h = new Uint16Array(lay.scales.length);
+  for (let i = 0; i < h.length; i++) {
+    h[i] = f32ToF16Bits(lay.scales[i]);
+    if (f16BitsToF32(h[i]) !== lay.scales[i]) return null;
+  }
+  const cb = chunkBytes(lay.layoutBits);
+  const rec = cb + RECORD_SCALE_BYTES;
+  const out = new Uint8Array(lay.nq * lay.groups * rec);
+  for (let i = 0; i < lay.nq * lay.groups; i++) {
+    out.set(lay.indices.subarray(i * cb, (i + 1) * cb), i * rec);
+    for (let r = 0; r < QUAD; r++) {
+      out[i * rec + cb + 2 * r] = h[i * QUAD + r] & 0xff;
+      out[i * rec + cb + 2 * r + 1] = h[i * QUAD + r] >> 8;
+    }
+  }
+  return out;
+}
+
 /** Packs the 8 index vectors of one chunk (iv: [8][16]) into `out` at `o` (see the header). */
 function packChunk(iv: Uint8Array, layoutBits: 2 | 3 | 4, out: Uint8Array, o: number): void {
   if (layoutBits === 4) {
@@ -309,22 +341,26 @@ function packChunk(iv: Uint8Array, layoutBits: 2 | 3 | 4, out: Uint8Array, o: nu
 /**
  * Row `row` of a lut layer back from its layout (the inverse of packLut for one row): indices from
  * the chunks of the row's quad, times the row's scale per group, by dequantizeRow's f32 rule.
- * `indices` and `scales` are the layout's arrays (or views of them in wasm memory).
+ * `indices` and `scales` are the layout's arrays (or views of them in wasm memory), or `indices` is
+ * packF16Records' stream and `scales` 'records' (then `quadBytes` is the stream's bytes per row quad).
  */
 export function readLutRow(
   lay: Pick<LutLayout, 'k' | 'layoutBits' | 'groupSize' | 'paddedGroup' | 'groups' | 'quadBytes' | 'table'>,
-  indices: Uint8Array, scales: Float32Array, row: number, out: Float32Array, at = 0,
+  indices: Uint8Array, scales: Float32Array | 'records', row: number, out: Float32Array, at = 0,
 ): void {
   const { k, layoutBits: lb, groupSize: g, groups: G, quadBytes, table } = lay;
+  const records = scales === 'records'; // packF16Records: `indices` is the records stream
   const cpg = lay.paddedGroup / CHUNK;
   const cb = chunkBytes(lb);
+  const groupBytes = cpg * cb + (records ? RECORD_SCALE_BYTES : 0);
   const q = row >> 2;
   const r = row & 3;
   for (let gi = 0; gi < G; gi++) {
-    const s = scales[(q * G + gi) * QUAD + r];
+    const go = q * quadBytes + gi * groupBytes;
+    const s = records ? f16BitsToF32(indices[go + cb + 2 * r] | (indices[go + cb + 2 * r + 1] << 8)) : scales[(q * G + gi) * QUAD + r];
     const glen = Math.min(g, k - gi * g);
     for (let kk = 0; kk < glen; kk++) {
-      const o = q * quadBytes + (gi * cpg + (kk >> 5)) * cb; // the chunk holding kk
+      const o = go + (kk >> 5) * cb; // the chunk holding kk
       const j = (kk & 31) >> 2; // index vector
       const i = 4 * r + (kk & 3); // byte within it
       let idx: number;

@@ -19,6 +19,13 @@ export interface WasmBackendOptions {
    * then take the SIMD128 kernels, as before; tests, benchmarks).
    */
   readonly relaxed8?: 'auto' | boolean;
+  /**
+   * f16 scales in the weight stream (the records layout: layers with one 32-k chunk a group whose
+   * scales are all f16 values, such as GGUF Q4_0 and IQ4_NL): 'auto' (default) and true where the host
+   * has the fp16 proposal's f32x4.promote_low_f16x8 (Node 24+ by setting V8's flag) and the kernels
+   * pass the self-check, false never (tests, benchmarks). Same results either way.
+   */
+  readonly f16Scales?: 'auto' | boolean;
   /** Initial memory; grows as layers are prepared. Default 64 MiB. */
   readonly initialMemoryMiB?: number;
   /** Cap on the memory (wasm32: at most 4096 MiB, the default). */
@@ -36,7 +43,7 @@ export interface WasmBackendOptions {
 
 /** Every key of WasmBackendOptions (a Record, so the compiler keeps the list complete). */
 const KEYS: Record<keyof WasmBackendOptions, true> = {
-  threads: true, relaxed: true, relaxedDot: true, relaxed8: true, initialMemoryMiB: true, maxMemoryMiB: true,
+  threads: true, relaxed: true, relaxedDot: true, relaxed8: true, f16Scales: true, initialMemoryMiB: true, maxMemoryMiB: true,
   activations: true, activationBlock: true, barrierTimeoutMs: true,
 };
 
